@@ -124,7 +124,15 @@ class CausalSelfAttention(nn.Module):
                 N = torch.arange(S - T + 1, S + 1, device=x.device, dtype=alpha.dtype).view(T, 1)
             else:
                 N = self.block_size
-            beta = (self.alpha_ma.view(-1, 1, 1).to(alpha.dtype) - alpha) / N  # (B, nh, T, 1)
+            alpha_ma = self.alpha_ma  # the value before this batch: beta must not see the batch
+            if self.training:
+                # Eq. 9: alpha_ma,t = rho alpha_ma,t-1 + (1 - rho) E[alpha_t(X)], E = mean over batch and
+                # positions. beta below uses the value from before the update, so no batch leaks into its
+                # own outputs (nor, through the batch mean, a later position into an earlier one). The new
+                # value is a new tensor, not an in-place update: under torch.compile, AOTAutograd may
+                # recompute beta in the backward from the buffer it read, which must still hold the old value.
+                self.alpha_ma = torch.lerp(alpha_ma, alpha.detach().mean(dim=(0, 2, 3), dtype=alpha_ma.dtype), 1.0 - self.rho)
+            beta = (alpha_ma.view(-1, 1, 1).to(alpha.dtype) - alpha) / N  # (B, nh, T, 1)
 
         if self.fused and record is None:
             y = self._fused(q, k, v, alpha, beta)
@@ -134,12 +142,6 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         if self.gated:
             y = y * torch.sigmoid(self.c_gate(x))  # Eq. 4-5: G(X) = sigmoid(W_a X), elementwise
-        if self.affine and self.training:
-            # Eq. 9: alpha_ma,t = rho alpha_ma,t-1 + (1 - rho) E[alpha_t(X)], E = mean over batch and positions.
-            # Updated after beta has used the old value, so no batch leaks into its own outputs (nor,
-            # through a batch mean, one position into an earlier one). lerp_(end, w) = (1 - w) self + w end.
-            with torch.no_grad():
-                self.alpha_ma.lerp_(alpha.detach().float().mean(dim=(0, 2, 3)), 1.0 - self.rho)
         return self.resid_dropout(self.c_proj(y))
 
     def _eager(self, q, k, v, alpha, beta, record):
@@ -273,7 +275,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
             logits = self.lm_head(x[:, [-1], :])  # a list index keeps the time dimension
             loss = None
