@@ -1,0 +1,53 @@
+"""
+Prepare the Shakespeare corpus for character-level language modeling.
+Instead of BPE tokens, map each character to an int; save train.bin, val.bin (np.uint16 ids) and
+meta.pkl (vocab_size, itos, stoi, for encoding and decoding later) next to this script.
+
+    python data/shakespeare_char/prepare.py                 # the corpus committed in data/shakespeare/input.txt
+    python data/shakespeare_char/prepare.py path/to/any.txt # or any other text file (UTF-8)
+"""
+import os
+import pickle
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))  # so it runs from the repo root or from this folder
+DEFAULT_INPUT = os.path.join(HERE, os.pardir, "shakespeare", "input.txt")
+
+def main(input_path=None, out_dir=HERE):
+    with open(input_path or DEFAULT_INPUT, "r", encoding="utf-8") as f:
+        data = f.read()
+    print(f"length of dataset in characters: {len(data):,}")
+
+    # get all the unique characters that occur in this text
+    chars = sorted(set(data))
+    vocab_size = len(chars)
+    assert vocab_size <= 2**16, "too many distinct characters for uint16 ids"
+    print("all the unique characters:", repr("".join(chars)))
+    print(f"vocab size: {vocab_size:,}")
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    itos = {i: ch for i, ch in enumerate(chars)}
+
+    # create the train and test splits: the first 90% trains, the last 10% validates
+    n = len(data)
+    train_data = data[: int(n * 0.9)]
+    val_data = data[int(n * 0.9):]
+
+    # encode both to integers and export to bin files
+    train_ids = np.array([stoi[c] for c in train_data], dtype=np.uint16)
+    val_ids = np.array([stoi[c] for c in val_data], dtype=np.uint16)
+    print(f"train has {len(train_ids):,} tokens")
+    print(f"val has {len(val_ids):,} tokens")
+    os.makedirs(out_dir, exist_ok=True)
+    train_ids.tofile(os.path.join(out_dir, "train.bin"))
+    val_ids.tofile(os.path.join(out_dir, "val.bin"))
+
+    # save the meta information as well, to help us encode/decode later
+    meta = {"vocab_size": vocab_size, "itos": itos, "stoi": stoi}
+    with open(os.path.join(out_dir, "meta.pkl"), "wb") as f:
+        pickle.dump(meta, f)
+    return meta
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -1,0 +1,575 @@
+"""
+Train a GPT of model.py, with any of its attention variants, by cross-entropy or by knowledge distillation.
+
+    python train.py config/train_shakespeare_char_cpu.py                  # the README's CPU run
+    python train.py config/train_shakespeare_char_cpu.py --attn=affine --max_iters=500
+    torchrun --standalone --nproc_per_node=8 train.py config/train_fineweb_kd_gpt2.py
+
+Every setting is a field of TrainConfig. A config file is python that assigns some of them; --key=value
+overrides follow; later ones win. As a library: train(load_config([...])) or train(TrainConfig(...)).
+Writes out_dir/ckpt.pt and out_dir/metrics.jsonl, one JSON object per logged step:
+  every log_interval iters  iter, lr, loss, ce (and kd when distilling), grad_norm (before clipping),
+                            tokens_per_s, logit_mag (the paper's Fig. 2: mean |pre-softmax logit| over the
+                            causally visible entries of every layer and head) and, for the affine variants,
+                            alpha and alpha_ma (per layer, means over heads and tokens); loss, ce and kd
+                            are means over the iterations since the previous row
+  every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling);
+  and after the last iter   the same, and the last checkpoint is written
+"""
+
+import ast
+import dataclasses
+import difflib
+import json
+import math
+import os
+import pickle
+import sys
+import time
+import types
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from model import GPT, GPTConfig
+
+DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+GPT2_ENCODINGS = ("gpt2", "r50k_base")  # two tiktoken names for the same GPT-2 BPE token ids
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attn", "fused",
+                "affine_momentum", "affine_n")
+
+
+class ConfigError(ValueError):
+    """A bad setting, or data or a teacher that does not fit: the message says what and what would do."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training met a non-finite loss and stopped; no checkpoint was written after it."""
+
+
+def check_types(cfg):
+    """Every field of the dataclass cfg must have its default's type; an int is taken for a float."""
+    for f in dataclasses.fields(cfg):
+        value, want = getattr(cfg, f.name), type(f.default)
+        if want is float and type(value) is int:
+            setattr(cfg, f.name, float(value))
+        elif type(value) is not want:
+            need = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}[want]
+            raise ConfigError(f"{f.name}={value!r} must be {need} (got {type(value).__name__})")
+
+
+def check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"unknown {name}={value!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclass
+class TrainConfig:
+    # output and evaluation
+    out_dir: str = "out"
+    eval_interval: int = 2000
+    eval_iters: int = 200  # batches per split at each evaluation
+    log_interval: int = 10  # also how often logit_mag is measured (one extra eager forward)
+    always_save_checkpoint: bool = True  # False: save only when val loss improves (and at the end)
+    init_from: str = "scratch"  # or "resume" from out_dir/ckpt.pt
+    seed: int = 1337
+    # data
+    dataset: str = "shakespeare_char"
+    data_dir: str = ""  # folder with train.bin, val.bin and maybe meta.pkl; "" is data/<dataset>
+    gradient_accumulation_steps: int = 1  # micro-steps per iteration, all DDP ranks together
+    batch_size: int = 12  # sequences per micro-step and rank
+    block_size: int = 1024
+    # model (GPTConfig; vocab_size comes from the data's meta.pkl, else GPT-2's padded 50304)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    attn: str = "softmax"  # softmax, sink, gated, affine, affine_gated
+    fused: bool = True
+    affine_momentum: float = 0.9
+    affine_n: str = "prefix"
+    # loss
+    loss: str = "ce"  # "ce", or "kd" to distil from teacher
+    teacher: str = ""  # a ckpt.pt of this repo, an out_dir holding one, a GPT-2 name or local directory
+    kd_alpha: float = 0.5  # loss = kd_alpha * tau^2 * KL + (1 - kd_alpha) * CE
+    kd_temperature: float = 1.0  # tau
+    kd_reverse: bool = False  # KL(student || teacher) instead of KL(teacher || student)
+    # AdamW
+    learning_rate: float = 6e-4
+    max_iters: int = 600000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 turns clipping off
+    # learning-rate schedule, both after a linear warmup
+    lr_schedule: str = "cosine"  # "cosine" down to min_lr at lr_decay_iters, or "wsd" (warmup-stable-decay)
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000  # cosine only
+    decay_frac: float = 0.2  # wsd only: linear decay to min_lr over the last decay_frac of max_iters
+    min_lr: float = 6e-5
+    # system
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"  # cpu, cuda, cuda:N or mps
+    dtype: str = "bfloat16"  # autocast dtype on CUDA, "float32" for none; CPU and MPS always run float32
+    compile: bool = False
+
+    def __post_init__(self):
+        check_types(self)
+        check_choice("init_from", self.init_from, ("scratch", "resume"))
+        check_choice("loss", self.loss, ("ce", "kd"))
+        check_choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
+        check_choice("dtype", self.dtype, ("float32", "bfloat16"))
+        check_choice("device", self.device.split(":")[0], ("cpu", "cuda", "mps"))
+        for name in ("eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("max_iters", "warmup_iters"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if self.loss == "kd" and not self.teacher:
+            raise ConfigError("loss='kd' needs a teacher: a ckpt.pt, an out_dir holding one, or a GPT-2 name")
+        if self.loss == "ce" and self.teacher:
+            raise ConfigError(f"teacher={self.teacher!r} is set but loss='ce'; set loss='kd' to distil")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise ConfigError(f"kd_alpha={self.kd_alpha} must be in [0, 1]")
+        if self.kd_temperature <= 0:
+            raise ConfigError(f"kd_temperature={self.kd_temperature} must be positive")
+        if not 0.0 < self.decay_frac <= 1.0:
+            raise ConfigError(f"decay_frac={self.decay_frac} must be in (0, 1]")
+        self.gpt_config(vocab_size=1)  # the model fields, checked by GPTConfig now rather than after loading data
+
+    def gpt_config(self, vocab_size):
+        try:
+            return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def read_config_file(path):
+    """The names a config file assigns (it is python, run with exec), less dunders and imported modules."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} not found (overrides are written --key=value)")
+    namespace = {}
+    with open(path) as f:
+        exec(compile(f.read(), path, "exec"), namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
+
+
+def load_config(argv, cls=TrainConfig):
+    """nanoGPT-style settings from the command line: config files and --key=value overrides, in order.
+    An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text."""
+    types_ = {f.name: type(f.default) for f in dataclasses.fields(cls)}
+    values = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                raise ConfigError(f"override {arg!r} must be written --key=value")
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+            if types_.get(key) is str and not isinstance(value, str):
+                value = text  # --out_dir=2024 is the folder "2024"
+            settings, source = {key: value}, arg
+        else:
+            settings, source = read_config_file(arg), arg
+        for key, value in settings.items():
+            if key not in types_:
+                close = difflib.get_close_matches(key, types_, n=3)
+                hint = f"did you mean {' or '.join(close)}?" if close else f"see the fields of {cls.__name__}"
+                raise ConfigError(f"unknown setting {key!r} (from {source}); {hint}")
+            values[key] = value
+    return cls(**values)
+
+
+def find_data(cfg):
+    """(data_dir, meta): the folder with train.bin and val.bin, and its meta.pkl's dict or None."""
+    data_dir = cfg.data_dir or os.path.join(DATA_ROOT, cfg.dataset)
+    missing = [s for s in ("train.bin", "val.bin") if not os.path.isfile(os.path.join(data_dir, s))]
+    if missing and cfg.data_dir:
+        raise ConfigError(f"data_dir={cfg.data_dir!r} has no {' or '.join(missing)}")
+    if missing:
+        prepare = os.path.join(DATA_ROOT, cfg.dataset, "prepare.py")
+        if os.path.isfile(prepare):
+            raise ConfigError(f"no prepared data for dataset={cfg.dataset!r} in {data_dir}; "
+                              f"run first: python {os.path.relpath(prepare)}")
+        known = sorted(d for d in os.listdir(DATA_ROOT) if os.path.isfile(os.path.join(DATA_ROOT, d, "prepare.py")))
+        raise ConfigError(f"unknown dataset={cfg.dataset!r}; allowed: {', '.join(known)} (or set data_dir)")
+    for split in ("train", "val"):
+        n = len(np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r"))
+        if n <= cfg.block_size:
+            raise ConfigError(f"{split}.bin in {data_dir} holds {n} tokens, too few for block_size={cfg.block_size}")
+    meta = None
+    if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
+        with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
+            meta = pickle.load(f)
+    return data_dir, meta
+
+
+def get_batch(data_dir, split, batch_size, block_size, generator, device):
+    """batch_size random windows of block_size + 1 tokens, as inputs x and next-token targets y."""
+    # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
+    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    xy = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    if device.startswith("cuda"):
+        xy = xy.pin_memory().to(device, non_blocking=True)  # the copy overlaps the work already queued
+    else:
+        xy = xy.to(device)
+    return xy[:, :-1], xy[:, 1:]
+
+
+def get_lr(cfg, it):
+    """Linear warmup, then nanoGPT's cosine decay or warmup-stable-decay (constant, then linear to min_lr)."""
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.lr_schedule == "wsd":
+        decay_start = cfg.max_iters * (1.0 - cfg.decay_frac)
+        if it < decay_start:
+            return cfg.learning_rate
+        frac = min(1.0, (it - decay_start) / (cfg.max_iters - decay_start))
+        return cfg.learning_rate + frac * (cfg.min_lr - cfg.learning_rate)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
+
+
+def kd_divergence(student_logits, teacher_logits, tau, reverse=False):
+    """tau^2 * KL(teacher || student) of the next-token distributions at temperature tau, KL(student ||
+    teacher) if reverse, averaged over tokens. tau^2 keeps the gradients' scale independent of tau
+    (Hinton et al., 2015). In float32: under bf16 autocast the two log-softmaxes nearly cancel."""
+    s = F.log_softmax(student_logits.float() / tau, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / tau, dim=-1)
+    log_p, log_q = (s, t) if reverse else (t, s)
+    return tau**2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def forward_loss(model, teacher, x, y, cfg):
+    """(loss to minimise, its cross-entropy part, its KD part); the KD part is 0 without a teacher."""
+    logits, ce = model(x, y)
+    if teacher is None:
+        return ce, ce, torch.zeros_like(ce)
+    with torch.no_grad():
+        teacher_logits, _ = teacher(x, y)  # with targets, forward returns every position's logits
+    kd = kd_divergence(logits, teacher_logits, cfg.kd_temperature, cfg.kd_reverse)
+    return cfg.kd_alpha * kd + (1.0 - cfg.kd_alpha) * ce, ce, kd
+
+
+def tokenizer_of(meta):
+    """What a token id means: the characters' ids for char data, else the BPE's name. Data without
+    meta.pkl is GPT-2 BPE, as in nanoGPT."""
+    if meta is None:
+        return "gpt2"
+    if "stoi" in meta:
+        return meta["stoi"]
+    return "gpt2" if meta["encoding"] in GPT2_ENCODINGS else meta["encoding"]
+
+
+def describe_tokenizer(meta):
+    kind = tokenizer_of(meta)
+    if isinstance(kind, dict):
+        return f"character-level ({len(kind)} characters)"
+    return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
+
+
+def load_pretrained(name, device="cpu", setting="init_from"):
+    """(model, meta) from a checkpoint of this repo (a ckpt.pt or an out_dir holding one) or from GPT-2
+    (a name or a local directory, through transformers). meta tells the tokenizer, as a meta.pkl does.
+    setting names the setting name came from, for the error message."""
+    path = os.path.join(name, "ckpt.pt") if os.path.isfile(os.path.join(name, "ckpt.pt")) else name
+    if os.path.isfile(path):
+        ckpt = torch.load(path, map_location="cpu")
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+        meta = ckpt["meta"]
+    elif os.path.isdir(name) or name in GPT2_NAMES:
+        model = GPT.from_pretrained(name)
+        meta = {"vocab_size": model.config.vocab_size, "encoding": "gpt2"}
+    else:
+        raise ConfigError(f"{setting}={name!r} is no file or directory: expected a ckpt.pt of this repo, an out_dir "
+                          f"holding one, a local GPT-2 directory, or one of {', '.join(GPT2_NAMES)}")
+    return model.to(device), meta
+
+
+def load_teacher(cfg, meta, vocab_size, device):
+    """The teacher, frozen in eval mode, once it is known to fit the data and the student."""
+    teacher, teacher_meta = load_pretrained(cfg.teacher, device, "teacher")
+    tc = teacher.config
+    tokenizers = f"teacher: {describe_tokenizer(teacher_meta)}, data: {describe_tokenizer(meta)}"
+    if tc.vocab_size != vocab_size:
+        where = "from its meta.pkl" if meta is not None else "no meta.pkl: GPT-2's, padded"
+        raise ConfigError(f"teacher {cfg.teacher!r} has vocab_size={tc.vocab_size} but the data has "
+                          f"vocab_size={vocab_size} ({where}); {tokenizers}")
+    if tokenizer_of(teacher_meta) != tokenizer_of(meta):
+        raise ConfigError(f"teacher {cfg.teacher!r} has another tokenizer than the data; {tokenizers}")
+    if tc.block_size < cfg.block_size:
+        raise ConfigError(f"teacher {cfg.teacher!r} has block_size={tc.block_size}, smaller than the "
+                          f"student's block_size={cfg.block_size}")
+    teacher.eval().requires_grad_(False)  # eval: no dropout, and an affine teacher's alpha_ma stays fixed
+    return teacher
+
+
+@torch.no_grad()
+def estimate_loss(model, cfg, data_dir, device, ctx):
+    """Mean cross-entropy on eval_iters batches of each split. The generator is seeded afresh each time:
+    every evaluation sees the same batches, so curves compare across evaluations and runs, and the
+    training sampler's state is left alone (a resumed run draws what an uninterrupted one would)."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        generator = torch.Generator().manual_seed(cfg.seed)
+        total = torch.zeros((), device=device)
+        for _ in range(cfg.eval_iters):
+            x, y = get_batch(data_dir, split, cfg.batch_size, cfg.block_size, generator, device)
+            with ctx:
+                _, loss = model(x, y)
+            total += loss.float()
+        out[split] = total.item() / cfg.eval_iters
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def attention_stats(model, x):
+    """The paper's Fig. 2 quantity and, for the affine variants, alpha and alpha_ma per layer."""
+    maps = model.attention_maps(x)  # eval mode: alpha_ma is read, not updated
+    T = x.size(1)
+    visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    # every layer has the same number of visible entries, so the mean of the layers' means is the mean
+    stats = {"logit_mag": torch.stack([m["logits"][..., visible].float().abs().mean() for m in maps]).mean().item()}
+    if maps[0]["alpha"] is not None:
+        stats["alpha"] = [m["alpha"].float().mean().item() for m in maps]
+        stats["alpha_ma"] = [block.attn.alpha_ma.float().mean().item() for block in model.transformer.h]
+    return stats
+
+
+def rng_states(sampler, device_type, ddp):
+    """Every rank's random state: the batch sampler's and torch's (dropout), for an exact resume."""
+    state = {"sampler": sampler.get_state(), "torch": torch.get_rng_state()}
+    if device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state()
+    if not ddp:
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def save_checkpoint(ckpt, path):
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)  # atomic: a crash while saving leaves the previous checkpoint whole
+
+
+def train(cfg):
+    """Train as cfg says. Under torchrun (RANK in the environment) this is one rank of a DDP run.
+    Returns {"iter_num", "train_loss", "val_loss", "best_val_loss", "elapsed_s", "out_dir"}; the losses
+    are the last evaluation's (None if none ran). Raises ConfigError before training starts when the
+    settings, data or teacher do not fit, and NonFiniteLoss if the loss stops being finite."""
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    if not ddp:
+        return _train(cfg, cfg.device, ddp)
+    device = cfg.device
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        return _train(cfg, device, ddp)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(cfg, device, ddp):
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    master = rank == 0
+    device_type = device.split(":")[0]
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but torch sees no CUDA GPU; allowed here: cpu")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r} but MPS is not available; allowed here: cpu")
+    if cfg.gradient_accumulation_steps % world:
+        raise ConfigError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
+                          f"multiple of the {world} DDP ranks")
+    accum = cfg.gradient_accumulation_steps // world
+    data_dir, meta = find_data(cfg)
+    vocab_size = meta["vocab_size"] if meta is not None else 50304
+
+    torch.manual_seed(cfg.seed + rank)  # different dropout on every rank; DDP copies rank 0's initial weights
+    sampler = torch.Generator().manual_seed(cfg.seed + rank)  # training batches, a different stream per rank
+    iter_num, best_val_loss = 0, float("inf")
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if cfg.init_from == "resume":
+        if not os.path.isfile(ckpt_path):
+            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location="cpu")
+        if len(ckpt["rng"]) != world:
+            raise ConfigError(f"{ckpt_path} was written by {len(ckpt['rng'])} DDP ranks; resume it on as many, not {world}")
+        # the checkpoint's model wins over the config's model fields, as in nanoGPT
+        cfg = dataclasses.replace(cfg, **{k: ckpt["model_args"][k] for k in MODEL_FIELDS})
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    else:
+        model = GPT(cfg.gpt_config(vocab_size))
+    model.to(device)
+    teacher = load_teacher(cfg, meta, vocab_size, device) if cfg.loss == "kd" else None
+
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    if cfg.init_from == "resume":
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rng = ckpt["rng"][rank]
+        sampler.set_state(rng["sampler"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and device_type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"])
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        del ckpt
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    use_bf16 = device_type == "cuda" and cfg.dtype == "bfloat16"
+    if use_bf16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError("dtype='bfloat16' but this GPU has no bfloat16; allowed here: float32")
+    ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    compiled = torch.compile(model) if cfg.compile else model
+    if cfg.compile and teacher is not None:
+        teacher = torch.compile(teacher)
+    # alpha_ma on every rank: each rank updates it from its own micro-batch (Eq. 9) and sync_alpha_ma then
+    # averages the ranks' values. All ranks start from the same alpha_ma and Eq. 9 is linear in the batch
+    # mean, so the average is Eq. 9 with the mean over the global batch, and every rank's next forward
+    # reads the same alpha_ma (DDP's own broadcast of rank 0's buffers then changes nothing).
+    runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None) if ddp else compiled
+    affine_layers = [block.attn for block in model.transformer.h if block.attn.affine]
+
+    def sync_alpha_ma():
+        alpha_ma = torch.stack([a.alpha_ma for a in affine_layers])
+        dist.all_reduce(alpha_ma)  # a sum: gloo has no average
+        for a, value in zip(affine_layers, alpha_ma / world):
+            a.alpha_ma = value.clone()
+
+
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        rows = []
+        if cfg.init_from == "resume" and os.path.isfile(metrics_path):
+            with open(metrics_path) as f:  # drop what the interrupted run logged after its checkpoint
+                rows = [line for line in f if json.loads(line)["iter"] < iter_num]
+        with open(metrics_path, "w") as f:
+            f.writelines(rows)
+        print(f"{model.get_num_params() / 1e6:.2f}M parameters, {accum * world * cfg.batch_size * cfg.block_size:,} "
+              f"tokens per iteration ({accum} micro-steps x {world} ranks x {cfg.batch_size} x {cfg.block_size})")
+
+    def log(row):
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    pending = []  # (iter, (loss, ce, kd)) since the last row, read in one go: no sync per iteration
+
+    def check_pending():
+        """The pending losses, as floats averaged over ranks; stops on a non-finite one, on every rank."""
+        values = torch.stack([v for _, v in pending])
+        if ddp:
+            dist.all_reduce(values)  # a NaN anywhere reaches every rank, so all of them stop together
+            values /= world
+        values = values.tolist()
+        for (it, _), (loss, _, _) in zip(pending, values):
+            if not math.isfinite(loss):
+                stop("loss", loss, it)
+        return values
+
+    saved_iter = None
+
+    def stop(what, value, it):
+        kept = f"{ckpt_path} is the last good checkpoint (iter {saved_iter})" if saved_iter is not None \
+            else "no checkpoint was written in this run"
+        raise NonFiniteLoss(f"non-finite {what} {value} at iter {it}; stopped, {kept}")
+
+    last_eval = {"train_loss": None, "val_loss": None}
+    t_start = t_log = time.time()
+    pbar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
+    while True:
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
+            t_eval = time.time()
+            if pending:
+                check_pending()  # never save a checkpoint after a non-finite loss
+            losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master else None]
+            if ddp:
+                dist.broadcast_object_list(losses, src=0)  # every rank takes the same decisions below
+            losses = losses[0]
+            if not math.isfinite(losses["val"] + losses["train"]):
+                stop("evaluation loss", losses["val"] + losses["train"], iter_num)
+            last_eval = {"train_loss": losses["train"], "val_loss": losses["val"]}
+            ppl = math.exp(losses["val"]) if losses["val"] < 700 else float("inf")  # exp overflows past 709
+            log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl})
+            if master:
+                pbar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val ppl {ppl:.2f}")
+            if losses["val"] < best_val_loss or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
+                best_val_loss = min(best_val_loss, losses["val"])
+                rng = rng_states(sampler, device_type, ddp)
+                if master:
+                    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
+                                     "iter_num": iter_num, "best_val_loss": best_val_loss, "meta": meta, "rng": rng},
+                                    ckpt_path)
+                saved_iter = iter_num
+            t_log += time.time() - t_eval  # tokens_per_s leaves evaluation and saving out
+        if iter_num >= cfg.max_iters:
+            break
+
+        lr = get_lr(cfg, iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros(3, device=device)
+        for micro_step in range(accum):
+            x, y = get_batch(data_dir, "train", cfg.batch_size, cfg.block_size, sampler, device)
+            if ddp:
+                runner.require_backward_grad_sync = micro_step == accum - 1  # all-reduce on the last only
+            with ctx:
+                loss, ce, kd = forward_loss(runner, teacher, x, y, cfg)
+            if ddp and affine_layers:
+                sync_alpha_ma()
+            (loss / accum).backward()
+            total += torch.stack([loss, ce, kd]).detach().float() / accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        pending.append((iter_num, total))
+
+        if iter_num % cfg.log_interval == 0:
+            values = check_pending()
+            mean = [sum(v) / len(values) for v in zip(*values)]
+            tokens_per_s = len(values) * accum * world * cfg.batch_size * cfg.block_size / (time.time() - t_log)
+            t_log = time.time()  # what follows, attention_stats included, counts in the next row's time
+            row = {"iter": iter_num, "lr": lr, "loss": mean[0], "ce": mean[1]}
+            if teacher is not None:
+                row["kd"] = mean[2]
+            row.update(grad_norm=grad_norm.item(), tokens_per_s=tokens_per_s)
+            if master:
+                with ctx:
+                    row.update(attention_stats(model, x))
+            log(row)
+            pbar.set_postfix(loss=f"{mean[0]:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            pending.clear()
+        iter_num += 1
+        pbar.update()
+    pbar.close()
+    return {"iter_num": iter_num, **last_eval, "best_val_loss": best_val_loss,
+            "elapsed_s": time.time() - t_start, "out_dir": cfg.out_dir}
+
+
+if __name__ == "__main__":
+    try:
+        train(load_config(sys.argv[1:]))
+    except (ConfigError, NonFiniteLoss) as e:
+        sys.exit(f"{type(e).__name__}: {e}")
