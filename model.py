@@ -193,7 +193,7 @@ class CausalSelfAttention(nn.Module):
         if self.affine:
             # Eq. 6 without the T x T matrix: (alpha P + beta M) V = alpha (P V) + beta (M V), where M is the
             # causal mask, so M V is the running sum of the visible values (summed in fp32 for bf16 runs).
-            v_visible_sum = v.float().cumsum(dim=2)[:, :, S - T:].to(v.dtype)
+            v_visible_sum = v.cumsum(dim=2, dtype=torch.float32)[:, :, S - T:].to(v.dtype)
             y = alpha * y + beta * v_visible_sum
         return y
 
