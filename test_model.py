@@ -1,13 +1,24 @@
 """The test suite: python -m pytest -q"""
 
 import copy
+import importlib.util
+import json
 import math
+import os
+import pickle
+from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
+import analyze
+import bench
+import train as train_module
 from model import ATTN_VARIANTS, GPT, GPTConfig, linear_clipping, param_overhead
+from sample import SampleConfig, sample
+from train import ConfigError, NonFiniteLoss, TrainConfig, attention_stats, get_lr, load_config, train
 
 AFFINE = ("affine", "affine_gated")
 
@@ -364,3 +375,547 @@ def test_loss_decreases(attn):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# data preparation (data/*/prepare.py)
+
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+SHARED_TIKTOKEN_CACHE = os.path.join(REPO, os.pardir, "shared", "tiktoken_cache")
+
+SAMPLE_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n"
+) * 3
+
+
+def load_script(relpath):
+    """Imports data/<name>/prepare.py as a module (they are scripts, not a package)."""
+    name = "prep_" + relpath.replace(os.sep, "_").replace("/", "_").replace(".", "_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gpt2_encoding_or_skip(name):
+    """The GPT-2 BPE through tiktoken, from ../shared/tiktoken_cache when there is one (offline), else skip."""
+    import tiktoken
+
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(SHARED_TIKTOKEN_CACHE):
+        os.environ["TIKTOKEN_CACHE_DIR"] = SHARED_TIKTOKEN_CACHE
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # no network and no cached ranks file
+        pytest.skip(f"tiktoken encoding {name!r} not available offline: {e}")
+
+
+class ByteEncoder:
+    """A stand-in for a tiktoken Encoding: one token per UTF-8 byte, 256 is <|endoftext|>."""
+
+    n_vocab = 257
+    eot_token = 256
+
+    def encode_ordinary(self, text):
+        return list(text.encode("utf-8"))
+
+    def encode_ordinary_batch(self, texts):
+        return [self.encode_ordinary(t) for t in texts]
+
+
+def test_char_prepare_round_trip(tmp_path):
+    prep = load_script("data/shakespeare_char/prepare.py")
+    text = SAMPLE_TEXT + "unicode too: é – 🎭\n"
+    src = tmp_path / "in.txt"
+    src.write_text(text, encoding="utf-8")
+    meta = prep.main(str(src), out_dir=str(tmp_path))
+
+    with open(tmp_path / "meta.pkl", "rb") as f:
+        assert pickle.load(f) == meta
+    assert meta["vocab_size"] == len(set(text)) == len(meta["itos"]) == len(meta["stoi"])
+    assert all(meta["stoi"][meta["itos"][i]] == i for i in range(meta["vocab_size"]))
+    train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
+    n = len(text)
+    assert len(train) == int(0.9 * n) and len(val) == n - int(0.9 * n)
+    decoded = "".join(meta["itos"][int(i)] for i in np.concatenate([train, val]))
+    assert decoded == text
+
+
+def test_char_prepare_default_corpus_is_small_vocab():
+    # the committed corpus: about 1 MB of plain ASCII play text, no stray Gutenberg boilerplate
+    with open(os.path.join(REPO, "data", "shakespeare", "input.txt"), encoding="utf-8") as f:
+        text = f.read()
+    assert 1_000_000 <= len(text) <= 1_100_000
+    assert len(set(text)) < 100 and text.isascii() and "\r" not in text
+    assert "gutenberg" not in text.lower()
+
+
+def test_bpe_prepare(tmp_path):
+    prep = load_script("data/shakespeare/prepare.py")
+    enc = gpt2_encoding_or_skip(prep.ENCODING)
+    src = tmp_path / "in.txt"
+    src.write_text(SAMPLE_TEXT, encoding="utf-8")
+    prep.main(str(src), out_dir=str(tmp_path))
+
+    with open(tmp_path / "meta.pkl", "rb") as f:
+        meta = pickle.load(f)
+    assert meta["vocab_size"] == 50257 and meta["encoding"] == prep.ENCODING
+    train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
+    val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
+    cut = int(0.9 * len(SAMPLE_TEXT))
+    assert train.tolist() == enc.encode_ordinary(SAMPLE_TEXT[:cut])
+    assert val.tolist() == enc.encode_ordinary(SAMPLE_TEXT[cut:])
+    assert enc.decode(train.tolist()) + enc.decode(val.tolist()) == SAMPLE_TEXT
+    # the same ids as tiktoken's "gpt2" (r50k_base is its other name): "Hello world" -> [15496, 995]
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+
+
+def test_fineweb_write_bins_eot_and_counts(tmp_path):
+    prep = load_script("data/fineweb_edu/prepare.py")
+    enc = ByteEncoder()
+    docs = ["abc", "hello", "xy", "0123456789"]  # with EOTs: 4 + 6 + 3 + 11 = 24 tokens
+    written = prep.write_bins(iter(docs), str(tmp_path), num_tokens=100, val_tokens=4, enc=enc)
+
+    # the stream ran out before 100 tokens: everything written, files cut to what was written
+    assert written == {"val": 4, "train": 20}
+    val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16).tolist()
+    train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
+    assert val == [256] + list(b"abc")
+    assert train == [256] + list(b"hello") + [256] + list(b"xy") + [256] + list(b"0123456789")
+    assert train.count(256) == 3  # one <|endoftext|> before each document
+    with open(tmp_path / "meta.pkl", "rb") as f:
+        assert pickle.load(f) == {"vocab_size": 257, "encoding": prep.ENCODING}
+
+
+def test_fineweb_write_bins_stops_at_num_tokens(tmp_path):
+    prep = load_script("data/fineweb_edu/prepare.py")
+    enc = ByteEncoder()
+    pulled = []
+
+    def docs():  # endless, so only the num_tokens limit can stop it
+        i = 0
+        while True:
+            pulled.append(i)
+            yield f"document number {i}"
+            i += 1
+
+    written = prep.write_bins(docs(), str(tmp_path), num_tokens=1000, val_tokens=30, enc=enc)
+    assert written == {"val": 30, "train": 970}
+    val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16).tolist()
+    train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
+    assert len(val) == 30 and len(train) == 970
+    # val: doc 0 whole, doc 1 cut at 30 tokens; train starts on a fresh document, doc 2
+    doc0 = [256] + list(b"document number 0")
+    assert val == (doc0 + [256] + list(b"document number 1"))[:30]
+    assert train[: len(doc0)] == [256] + list(b"document number 2")
+    assert bytes(t for t in train if t != 256).decode().startswith("document number 2document number 3")
+    assert len(pulled) < 1000  # it stopped reading the stream
+
+
+def test_fineweb_write_bins_gpt2(tmp_path):
+    prep = load_script("data/fineweb_edu/prepare.py")
+    enc = gpt2_encoding_or_skip(prep.ENCODING)
+    docs = ["The quick brown fox.", "Jumps over the lazy dog.", "<|endoftext|> stays text here."]
+    ids = [[50256] + enc.encode_ordinary(d) for d in docs]
+    total = sum(len(x) for x in ids)
+    written = prep.write_bins(docs, str(tmp_path), num_tokens=total, val_tokens=len(ids[0]), enc=enc)
+    assert written == {"val": len(ids[0]), "train": total - len(ids[0])}
+    train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
+    assert train == ids[1] + ids[2] and train.count(50256) == 2
+    with open(tmp_path / "meta.pkl", "rb") as f:
+        assert pickle.load(f) == {"vocab_size": 50257, "encoding": prep.ENCODING}
+
+
+# --------------------------------------------------------------------------------------------------
+# training and sampling (train.py, sample.py)
+
+
+def make_char_data(folder, text="abcdefgh" * 300):
+    """train.bin, val.bin and meta.pkl of a character-level corpus, like data/shakespeare_char/prepare.py."""
+    os.makedirs(folder, exist_ok=True)
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(0.9 * len(ids))
+    ids[:n].tofile(os.path.join(folder, "train.bin"))
+    ids[n:].tofile(os.path.join(folder, "val.bin"))
+    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    return str(folder)
+
+
+def tiny(tmp_path, name="out", data=None, **kw):
+    """A 2-layer, 16-dim model on a repeating pattern: a few iterations take well under a second."""
+    settings = dict(out_dir=str(tmp_path / name), data_dir=data or make_char_data(tmp_path / "data"), device="cpu",
+                    n_layer=2, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=10, eval_interval=5,
+                    eval_iters=2, log_interval=1, learning_rate=1e-2, warmup_iters=0, lr_decay_iters=10, min_lr=1e-3)
+    return TrainConfig(**{**settings, **kw})
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+def test_ce_lowers_the_loss_and_logs_every_key(tmp_path):
+    result = train(tiny(tmp_path, attn="affine", max_iters=30, eval_interval=10, log_interval=5))
+    steps, evals = read_metrics(result["out_dir"])
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    assert result["iter_num"] == 30 and result["val_loss"] == evals[-1]["val_loss"]
+    assert [r["iter"] for r in steps] == [0, 5, 10, 15, 20, 25]
+    assert set(evals[0]) == {"iter", "train_loss", "val_loss", "val_ppl"}
+    assert set(steps[0]) == {"iter", "lr", "loss", "ce", "grad_norm", "tokens_per_s", "logit_mag", "alpha", "alpha_ma"}
+    assert len(steps[-1]["alpha"]) == len(steps[-1]["alpha_ma"]) == 2 and steps[-1]["logit_mag"] > 0
+    ckpt = torch.load(os.path.join(result["out_dir"], "ckpt.pt"))
+    assert {"model", "optimizer", "model_args", "config", "iter_num", "best_val_loss", "meta", "rng"} <= set(ckpt)
+    assert ckpt["iter_num"] == 30 and ckpt["config"]["attn"] == "affine"
+
+
+def test_attention_stats_average_the_visible_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16, attn="affine"))
+    x = torch.randint(11, (3, 8))
+    stats = attention_stats(model, x)
+    maps = model.attention_maps(x)
+    logits = torch.stack([m["logits"] for m in maps])  # (layer, B, head, T, T), -inf above the diagonal
+    assert stats["logit_mag"] == pytest.approx(logits[torch.isfinite(logits)].abs().mean().item(), rel=1e-5)
+    assert stats["alpha"] == pytest.approx([m["alpha"].mean().item() for m in maps])
+    assert stats["alpha_ma"] == [0.0, 0.0] and model.training  # read in eval mode: nothing updated
+
+
+def test_kd_lowers_the_loss(tmp_path):
+    data = make_char_data(tmp_path / "data")
+    train(tiny(tmp_path, "teacher", data, n_embd=32, max_iters=40))
+    result = train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "teacher"), kd_alpha=1.0,
+                        kd_temperature=2.0, max_iters=30, log_interval=5))
+    steps, _ = read_metrics(result["out_dir"])
+    assert steps[-1]["kd"] < 0.5 * steps[0]["kd"]
+    assert steps[0]["loss"] == pytest.approx(steps[0]["kd"])  # kd_alpha=1: no cross-entropy in the loss
+
+
+@pytest.mark.parametrize("attn, reverse", [("softmax", False), ("affine", False), ("affine", True)])
+def test_kd_from_an_identical_teacher_is_zero(tmp_path, attn, reverse):
+    data = make_char_data(tmp_path / "data")
+    train(tiny(tmp_path, "teacher", data, attn=attn, max_iters=0))  # the initial weights, saved
+    result = train(tiny(tmp_path, "student", data, attn=attn, max_iters=1, loss="kd", kd_reverse=reverse,
+                        teacher=str(tmp_path / "teacher" / "ckpt.pt")))  # same seed: same initial weights
+    steps, _ = read_metrics(result["out_dir"])
+    assert abs(steps[0]["kd"]) < 1e-6
+    assert steps[0]["loss"] == pytest.approx(0.5 * steps[0]["ce"], rel=1e-5)
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Dropout, the affine running mean and gradient accumulation all carry state a resume must restore."""
+    data = make_char_data(tmp_path / "data")
+    kw = dict(attn="affine", dropout=0.1, gradient_accumulation_steps=2, max_iters=8, eval_interval=4)
+    train(tiny(tmp_path, "whole", data, **kw))
+    train(tiny(tmp_path, "halves", data, **{**kw, "max_iters": 4}))
+    train(tiny(tmp_path, "halves", data, **kw, init_from="resume"))
+    whole, whole_evals = read_metrics(tmp_path / "whole")
+    halves, halves_evals = read_metrics(tmp_path / "halves")
+    assert [r["iter"] for r in halves] == list(range(8))
+    for a, b in zip(whole, halves):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["alpha_ma"] == pytest.approx(b["alpha_ma"], abs=1e-6)
+    assert [r["val_loss"] for r in whole_evals] == pytest.approx([r["val_loss"] for r in halves_evals], abs=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    data = make_char_data(tmp_path / "data")
+    train(tiny(tmp_path, "out", data, max_iters=2))
+    ckpt_path = tmp_path / "out" / "ckpt.pt"
+    saved = torch.load(ckpt_path)["model"]
+
+    real_forward_loss = train_module.forward_loss
+
+    def nan_loss(*args):
+        loss, ce, kd = real_forward_loss(*args)
+        return loss * float("nan"), ce, kd
+
+    monkeypatch.setattr(train_module, "forward_loss", nan_loss)
+    # eval_interval=1 with always_save_checkpoint: the evaluation right after the bad step would save
+    with pytest.raises(NonFiniteLoss, match="at iter 2.*last good checkpoint \\(iter 2\\)"):
+        train(tiny(tmp_path, "out", data, max_iters=10, init_from="resume", eval_interval=1, log_interval=100,
+                   always_save_checkpoint=True))
+    ckpt = torch.load(ckpt_path)  # rewritten by the evaluation at iter 2, before the bad step: same weights
+    assert ckpt["iter_num"] == 2 and all(torch.equal(v, saved[k]) for k, v in ckpt["model"].items())
+
+
+def test_a_huge_learning_rate_stops_the_run(tmp_path):
+    with pytest.raises(NonFiniteLoss, match="non-finite"):
+        train(tiny(tmp_path, learning_rate=1e30, grad_clip=0.0, max_iters=5, eval_interval=100))
+    assert torch.load(tmp_path / "out" / "ckpt.pt")["iter_num"] == 0  # the one written before training
+
+
+def test_config_files_and_overrides(tmp_path):
+    path = tmp_path / "conf.py"
+    path.write_text("import math\nn_layer = 3\nlearning_rate = 1\nattn = 'sink'\n")
+    cfg = load_config([str(path), "--attn=affine", "--out_dir=2024", "--bias=True", "--min_lr=1e-5"])
+    assert (cfg.n_layer, cfg.attn, cfg.out_dir, cfg.bias, cfg.min_lr) == (3, "affine", "2024", True, 1e-5)
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lerning_rate=1e-3"], "unknown setting 'lerning_rate'.*did you mean learning_rate"),
+    (["--max_iters=abc"], "max_iters='abc' must be an integer \\(got str\\)"),
+    (["--max_iters=1.5"], "max_iters=1.5 must be an integer"),
+    (["--compile=yes"], "compile='yes' must be True or False"),
+    (["--compile=1"], "compile=1 must be True or False"),
+    (["--attn=linear"], "unknown attn='linear'; allowed: softmax, sink, gated, affine, affine_gated"),
+    (["--lr_schedule=step"], "unknown lr_schedule='step'; allowed: cosine, wsd"),
+    (["--n_embd=100", "--n_head=3"], "n_embd=100 must be divisible by n_head=3"),
+    (["--loss=kd"], "loss='kd' needs a teacher"),
+    (["--max_iters"], "must be written --key=value"),
+    (["no_such_config.py"], "config file 'no_such_config.py' not found"),
+])
+def test_bad_settings_are_clear_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv)
+
+
+def test_unknown_name_in_a_config_file(tmp_path):
+    path = tmp_path / "conf.py"
+    path.write_text("n_layers = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting 'n_layers'.*did you mean n_layer"):
+        load_config([str(path)])
+
+
+def test_missing_data_names_the_prepare_command(tmp_path, monkeypatch):
+    (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
+    (tmp_path / "data" / "shakespeare_char" / "prepare.py").write_text("")
+    monkeypatch.setattr(train_module, "DATA_ROOT", str(tmp_path / "data"))
+    cfg = TrainConfig(out_dir=str(tmp_path / "out"), device="cpu", dataset="shakespeare_char")
+    with pytest.raises(ConfigError, match="run first: python .*shakespeare_char.prepare\\.py"):
+        train(cfg)
+    with pytest.raises(ConfigError, match="unknown dataset='nope'; allowed: shakespeare_char"):
+        train(TrainConfig(out_dir=str(tmp_path / "out"), device="cpu", dataset="nope"))
+    with pytest.raises(ConfigError, match="has no train.bin or val.bin"):
+        train(TrainConfig(out_dir=str(tmp_path / "out"), device="cpu", data_dir=str(tmp_path)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_teacher_mismatches_are_caught_before_training(tmp_path):
+    data = make_char_data(tmp_path / "data")
+    other_vocab = make_char_data(tmp_path / "data2", text="abcdefghij" * 200)
+    train(tiny(tmp_path, "teacher", other_vocab, max_iters=0))
+    with pytest.raises(ConfigError, match="vocab_size=10 .*but the data has vocab_size=8"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "teacher")))
+    train(tiny(tmp_path, "short", data, block_size=8, max_iters=0))
+    with pytest.raises(ConfigError, match="block_size=8, smaller than the student's block_size=16"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "short")))
+    with pytest.raises(ConfigError, match="teacher='nowhere' is no file or directory.*gpt2-medium"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher="nowhere"))
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_gpt2_teacher_on_char_data_is_caught(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    data = make_char_data(tmp_path / "data")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    hf.save_pretrained(tmp_path / "gpt2-tiny")  # a local GPT-2 directory: vocab and block fit, the tokenizer does not
+    with pytest.raises(ConfigError, match="another tokenizer.*teacher: GPT-2 BPE, data: character-level"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "gpt2-tiny")))
+
+
+def test_wsd_schedule():
+    cfg = TrainConfig(lr_schedule="wsd", learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=100, decay_frac=0.2)
+    assert get_lr(cfg, 0) == pytest.approx(1 / 11) and get_lr(cfg, 9) == pytest.approx(10 / 11)
+    assert get_lr(cfg, 10) == get_lr(cfg, 80) == 1.0
+    assert get_lr(cfg, 90) == pytest.approx(0.55) and get_lr(cfg, 100) == pytest.approx(0.1)
+
+
+def test_sample_decodes_with_the_char_meta(tmp_path):
+    result = train(tiny(tmp_path, max_iters=3))
+    texts = sample(SampleConfig(init_from=result["out_dir"], start="abc", num_samples=2, max_new_tokens=20, device="cpu"))
+    assert len(texts) == 2
+    for text in texts:
+        assert text.startswith("abc") and len(text) == 23 and set(text) <= set("abcdefgh")
+    with pytest.raises(ConfigError, match="not in the model's vocabulary: 'z'"):
+        sample(SampleConfig(init_from=result["out_dir"], start="abz", device="cpu"))
+
+
+def test_sample_reads_a_prompt_file(tmp_path):
+    train(tiny(tmp_path, max_iters=0))
+    (tmp_path / "prompt.txt").write_text("hgf")
+    [text] = sample(SampleConfig(init_from=str(tmp_path / "out" / "ckpt.pt"), start=f"FILE:{tmp_path / 'prompt.txt'}",
+                                 num_samples=1, max_new_tokens=5, device="cpu"))
+    assert text.startswith("hgf") and len(text) == 8
+
+
+def test_sample_from_a_local_gpt2_directory_decodes_bpe(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from sample import gpt2_encoding
+    cache = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tiktoken_cache")
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(cache):
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", cache)  # the GPT-2 BPE offline, as "r50k_base"
+    try:
+        enc = gpt2_encoding()
+    except Exception:
+        pytest.skip("the GPT-2 BPE needs network or a tiktoken cache")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50257, n_positions=32, n_embd=16, n_layer=1, n_head=2))
+    hf.save_pretrained(tmp_path / "gpt2-tiny")
+    [text] = sample(SampleConfig(init_from=str(tmp_path / "gpt2-tiny"), start="Hello world", num_samples=1,
+                                 max_new_tokens=5, device="cpu"))
+    assert text.startswith("Hello world") and len(enc.encode(text)) >= 6
+
+
+# --------------------------------------------------------------------------------------------------
+# analysis and benchmark (analyze.py, bench.py)
+
+
+def causal_uniform(T):
+    """(1, 1, T, T): query i spreads its weight evenly over keys 0..i."""
+    w = torch.ones(T, T).tril()
+    return (w / w.sum(-1, keepdim=True)).view(1, 1, T, T)
+
+
+def test_spike_threshold_and_count():
+    # median 10, |g - 10| = 2,0,1,1,0,2,1,... -> MAD 1; planted spikes 16 and 30 lie beyond 10 + 5 * 1
+    g = [8, 10, 9, 11, 10, 12, 9, 11, 10, 16, 30, 10, 9, 11]
+    assert np.median(g) == 10
+    assert analyze.spike_threshold(g, 5) == 15.0
+    assert analyze.spike_count(g, 5) == 2
+    assert analyze.spike_count(g, 6) == 1  # tau = 16: only 30 exceeds it
+    assert analyze.spike_count(g, 19) == 1  # tau = 29
+    assert analyze.spike_count(g, 20) == 0  # tau = 30, not exceeded
+    assert analyze.spike_count(torch.tensor(g, dtype=torch.float), 5) == 2  # a tensor works too
+
+
+def test_spike_count_on_a_steady_series():
+    assert analyze.spike_count([3.0] * 10, 9) == 0  # MAD 0, tau = median, nothing exceeds it
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        analyze.spike_count([], 6)
+
+
+def test_grad_norm_stats():
+    s = analyze.grad_norm_stats([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5; population variance ((1.5^2 + 0.5^2) * 2) / 4 = 1.25
+    assert s["mean"] == pytest.approx(2.5)
+    assert s["var"] == pytest.approx(1.25)
+    assert s["std"] == pytest.approx(math.sqrt(1.25))
+    assert s["cv"] == pytest.approx(math.sqrt(1.25) / 2.5)
+
+
+def test_entropy_uniform_onehot_causal():
+    T = 6
+    # causal uniform rows: row i has entropy log(i + 1)
+    expected = sum(math.log(i + 1) for i in range(T)) / T
+    assert analyze.attention_entropy(causal_uniform(T)).item() == pytest.approx(expected, rel=1e-6)
+    # one-hot rows: 0
+    onehot = torch.eye(T).view(1, 1, T, T)
+    assert analyze.attention_entropy(onehot).item() == pytest.approx(0.0, abs=1e-7)
+    # full uniform over n keys: log n, and the scale of the weights does not matter (sink-like mass 0.4)
+    n = 5
+    assert analyze.attention_entropy(torch.full((2, 3, 4, n), 0.4 / n)).tolist() == pytest.approx([math.log(n)] * 3)
+
+
+def test_entropy_clamps_negative_affine_weights_and_skips_empty_queries():
+    w = torch.tensor([[0.6, 0.6, -0.2], [-0.1, -0.1, 0.0]]).view(1, 1, 2, 3)
+    # row 0 -> (0.5, 0.5, 0): log 2; row 1 has no positive weight and is left out of the mean
+    assert analyze.attention_entropy(w).item() == pytest.approx(math.log(2))
+
+
+def test_first_token_and_query_mass():
+    T = 4
+    w = causal_uniform(T)
+    # weights on token 0: 1, 1/2, 1/3, 1/4
+    assert analyze.first_token_mass(w).item() == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / T)
+    torch.testing.assert_close(analyze.query_mass(w), torch.ones(1, 1, T))
+    # a sink that takes 30% of every query's softmax mass
+    torch.testing.assert_close(analyze.query_mass(0.7 * w), torch.full((1, 1, T), 0.7))
+    # two heads: first_token_mass is per head
+    two = torch.cat([w, 0.5 * w], dim=1)
+    torch.testing.assert_close(analyze.first_token_mass(two), torch.tensor([1.0, 0.5]) * (25 / 12) / T)
+
+
+def test_headwise_mass_is_min_max_over_the_model():
+    mass = torch.tensor([[0.2, 0.6], [1.0, 0.4]])
+    torch.testing.assert_close(analyze.headwise_mass(mass), torch.tensor([[0.0, 0.5], [1.0, 0.25]]))
+    # softmax: every head carries 1 up to rounding -> no range to normalise
+    assert analyze.headwise_mass(torch.ones(2, 3) + 1e-7 * torch.rand(2, 3)).isnan().all()
+
+
+def test_attention_heatmap():
+    w = torch.stack([causal_uniform(40)[0, 0], torch.eye(40)]).unsqueeze(0)  # (1, 2, 40, 40)
+    heat = analyze.attention_heatmap(w)
+    assert heat.shape == (30, 30)
+    assert heat[0, 0].item() == pytest.approx(1.0)
+    assert heat[1, 0].item() == pytest.approx(0.25)  # (1/2 + 0) / 2
+    torch.testing.assert_close(analyze.attention_heatmap(w, head=1, size=5), torch.eye(5))
+
+
+def make_run(tmp_path, attn, vocab=50, T=24):
+    """A tiny random checkpoint, its val.bin and a metrics.jsonl, laid out as train.py does."""
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=T, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16, attn=attn)
+    model = GPT(config)
+    if attn == "affine":
+        for block in model.transformer.h:
+            block.attn.alpha_ma.copy_(torch.tensor([0.3, 0.8]))
+    out_dir = tmp_path / f"out-{attn}"
+    out_dir.mkdir()
+    sd = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # as saved from a torch.compile'd model
+    torch.save({"model": sd, "model_args": asdict(config), "config": {"dataset": "tiny", "out_dir": str(out_dir)},
+                "iter_num": 40}, out_dir / "ckpt.pt")
+    (tmp_path / "tiny").mkdir(exist_ok=True)
+    np.random.default_rng(0).integers(0, vocab, 1000).astype(np.uint16).tofile(tmp_path / "tiny" / "val.bin")
+    g = [1.0, 1.1, 0.9, 1.0, 8.0, 1.0, 1.05, 0.95] * 5
+    with open(out_dir / "metrics.jsonl", "w") as f:
+        for i, gn in enumerate(g):
+            f.write(json.dumps({"iter": 10 * i, "lr": 1e-3, "loss": 4.0 - 0.01 * i, "grad_norm": gn,
+                                "tokens_per_s": 1000.0, "logit_mag": 2.0 - 0.01 * i}) + "\n")
+        f.write(json.dumps({"iter": 400, "val_loss": 3.5}) + "\n")
+    return out_dir / "ckpt.pt"
+
+
+def test_analyze_end_to_end(tmp_path, capsys):
+    ckpts = [make_run(tmp_path, attn) for attn in ("softmax", "sink", "affine")]
+    plot_dir = tmp_path / "figs"
+    summary = analyze.main([a for path in ckpts for a in ("--ckpt", str(path))] +
+                           ["--data_dir", str(tmp_path / "tiny"), "--num_seqs", "3", "--plot_dir", str(plot_dir)])
+    assert summary in capsys.readouterr().out
+    blocks = summary.split("\n\n")
+    assert len(blocks) == 3
+    softmax, sink, affine = (b.splitlines() for b in blocks)
+    # layer rows: layer, first_tok, query_mass, min, max, entropy[, alpha, (std), alpha_ma...]
+    for row in softmax[2:4]:
+        assert [float(v) for v in row.split()[2:5]] == [1.0, 1.0, 1.0]  # softmax: every query's mass is 1
+    for row in sink[2:4]:
+        mass, lo, hi = (float(v) for v in row.split()[2:5])
+        # sink logits start at 0: query i puts e^0 / (sum_{j<=i} e^x_j + 1) on the sink; for query 0 that is 1/2
+        assert lo == pytest.approx(0.5, abs=1e-2) and lo < mass < hi < 1
+    for row in affine[2:4]:
+        fields = row.split()
+        # N = prefix: each query's mass is alpha_ma of its head, here 0.3 and 0.8
+        assert [float(v) for v in fields[2:5]] == pytest.approx([0.55, 0.3, 0.8], abs=1e-4)
+        assert [float(v) for v in fields[-2:]] == [0.3, 0.8]
+    assert "grad_norm at iters <= 500 (40 logged" in summary and "spikes k=6: 5, k=9: 5" in summary
+    assert "val_loss: 3.5 (iter 400)" in summary
+    pytest.importorskip("matplotlib")
+    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm"):
+        assert (plot_dir / f"{name}.png").stat().st_size > 0
+
+
+def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
+    path = make_run(tmp_path, "softmax")
+    base = ["--ckpt", str(path), "--data_dir", str(tmp_path / "tiny")]
+    for extra, words in ((["--layer", "2"], "--layer=2"), (["--seq_len", "99"], "1..24"), (["--head", "5"], "heads 0..1")):
+        with pytest.raises(SystemExit):
+            analyze.main(base + extra)
+        assert words in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="--data_dir"):
+        analyze.main(["--ckpt", str(path), "--data_dir", str(tmp_path / "nowhere")])
+
+
+def test_bench_table_has_a_row_per_variant_and_mode(capsys):
+    records = bench.main(["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=1",
+                          "--seq_lens=8", "--warmup=0", "--iters=1", "--no-compile"])
+    assert [(r["variant"], r["mode"]) for r in records] == [(v, m) for m in ("eager", "fused") for v in ATTN_VARIANTS]
+    train, fwd = capsys.readouterr().out.split("forward pass")
+    for table in train, fwd:
+        rows = [line.split()[1:3] for line in table.splitlines() if line.startswith("    8")]
+        assert rows == [[v, m] for m in ("eager", "fused") for v in ATTN_VARIANTS]
+    assert all(r["train_vs_softmax"] == 1.0 for r in records if r["variant"] == "softmax")
