@@ -919,3 +919,15 @@ def test_bench_table_has_a_row_per_variant_and_mode(capsys):
         rows = [line.split()[1:3] for line in table.splitlines() if line.startswith("    8")]
         assert rows == [[v, m] for m in ("eager", "fused") for v in ATTN_VARIANTS]
     assert all(r["train_vs_softmax"] == 1.0 for r in records if r["variant"] == "softmax")
+
+
+def test_every_config_file_loads(monkeypatch):
+    """Every setting in config/ is a TrainConfig field of the right type (the KD variants exec the softmax one)."""
+    repo = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.chdir(repo)
+    names = sorted(f for f in os.listdir("config") if f.endswith(".py") and not f.startswith("compare"))
+    configs = {name: load_config([os.path.join("config", name)]) for name in names}
+    assert configs["train_shakespeare_char_cpu.py"].n_embd == 128
+    for attn in ATTN_VARIANTS:
+        kd = configs[f"kd_shakespeare_char_{attn}.py"]
+        assert (kd.attn, kd.loss, kd.out_dir) == (attn, "kd", f"out-kd-shakespeare-char-{attn}")

@@ -1,15 +1,4 @@
-# A affine_gated student of the CPU example's size distilled from config/teacher_shakespeare_char.py (train it
-# first); the five kd_shakespeare_char_*.py configs differ only in attn. python train.py config/kd_shakespeare_char_affine_gated.py
-out_dir = "out-kd-shakespeare-char-affine_gated"
-dataset = "shakespeare_char"
-attn = "affine_gated"
-loss, teacher = "kd", "out-teacher-shakespeare-char"
-kd_alpha, kd_temperature = 0.5, 1.0
-device, compile = "cpu", False
-eval_interval, eval_iters, log_interval = 250, 20, 10
-always_save_checkpoint = False
-n_layer, n_head, n_embd, block_size, dropout = 4, 4, 128, 64, 0.0
-batch_size = 12
-learning_rate, min_lr, beta2 = 1e-3, 1e-4, 0.99
-max_iters = lr_decay_iters = 2000
-warmup_iters = 100
+# The KD student of kd_shakespeare_char_softmax.py with attn="affine_gated": the same settings, data and teacher.
+# python train.py config/kd_shakespeare_char_affine_gated.py  (from the repo's root)
+exec(open("config/kd_shakespeare_char_softmax.py").read())
+attn, out_dir = "affine_gated", "out-kd-shakespeare-char-affine_gated"

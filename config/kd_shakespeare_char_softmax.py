@@ -1,5 +1,6 @@
 # A softmax student of the CPU example's size distilled from config/teacher_shakespeare_char.py (train it
-# first); the five kd_shakespeare_char_*.py configs differ only in attn. python train.py config/kd_shakespeare_char_softmax.py
+# first); the other kd_shakespeare_char_*.py configs take these settings and change only attn.
+# python train.py config/kd_shakespeare_char_softmax.py
 out_dir = "out-kd-shakespeare-char-softmax"
 dataset = "shakespeare_char"
 attn = "softmax"
