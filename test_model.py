@@ -931,3 +931,58 @@ def test_every_config_file_loads(monkeypatch):
     for attn in ATTN_VARIANTS:
         kd = configs[f"kd_shakespeare_char_{attn}.py"]
         assert (kd.attn, kd.loss, kd.out_dir) == (attn, "kd", f"out-kd-shakespeare-char-{attn}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the variant comparison (compare.py)
+
+
+def test_compare_table_rows_on_hand_made_metrics():
+    from compare import table_rows
+
+    def run(final_loss, val_loss, grads):
+        steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "grad_norm": g} for i, g in enumerate(grads)]
+        return steps, [{"iter": len(grads), "val_loss": val_loss, "val_ppl": math.exp(val_loss)}]
+
+    steady = [0.9, 1.0, 1.1] * 4  # median 1.0, MAD 0.1
+    spiky = steady + [1.7, 2.0]  # still median 1.0, MAD 0.1: 1.7 exceeds median + 6 MAD only, 2.0 also + 9 MAD
+    rows = table_rows({"softmax": [run(2.0, 3.0, steady), run(2.2, 3.2, steady)], "affine": [run(1.0, 2.0, spiky)]},
+                      {"softmax": 0, "affine": 64}, early_steps=100)
+    soft, aff = rows
+    assert soft["train_loss"] == pytest.approx(2.1) and soft["train_loss_std"] == pytest.approx(0.1)
+    assert soft["train_ce"] == pytest.approx(3.1)
+    assert soft["val_loss"] == pytest.approx(3.1) and soft["val_loss_std"] == pytest.approx(0.1)
+    assert soft["val_ppl"] == pytest.approx((math.exp(3.0) + math.exp(3.2)) / 2)
+    assert soft["grad_mean"] == pytest.approx(1.0) and soft["grad_var"] == pytest.approx(np.var(steady))
+    assert (soft["spikes_k6"], soft["spikes_k9"]) == (0, 0)
+    assert (aff["spikes_k6"], aff["spikes_k9"], aff["delta_params"], aff["seeds"]) == (2, 1, 64, 1)
+    assert aff["grad_cv"] == pytest.approx(np.std(spiky) / np.mean(spiky))
+
+
+def test_compare_end_to_end_trains_the_teacher_once(tmp_path, capsys):
+    from compare import CompareConfig, compare
+
+    data = make_char_data(tmp_path / "data")
+    common = ("device, compile = 'cpu', False\neval_interval, eval_iters, log_interval = 5, 2, 1\n"
+              "n_layer, n_head, n_embd, block_size, batch_size = 2, 2, 16, 16, 4\n"
+              "learning_rate, warmup_iters, max_iters, lr_decay_iters, min_lr = 1e-2, 0, 8, 8, 1e-3\n")
+    (tmp_path / "teacher.py").write_text(common)
+    (tmp_path / "student.py").write_text(common + "loss, teacher = 'kd', 'set by compare.py'\n")
+    cfg = CompareConfig(out_dir=str(tmp_path / "cmp"), teacher_config=str(tmp_path / "teacher.py"),
+                        student_config=str(tmp_path / "student.py"), variants="softmax,affine", seeds="1,2", data_dir=data)
+    rows = compare(cfg)
+    assert [r["variant"] for r in rows] == ["softmax", "affine"]
+    with open(tmp_path / "cmp" / "results.json") as f:
+        saved = json.load(f)["rows"]
+    assert all(math.isfinite(v) for r in saved for v in r.values() if isinstance(v, float))
+    assert (tmp_path / "cmp" / "results.md").read_text().count("\n| ") == 3  # the header row and two variants
+    assert "training the teacher" in capsys.readouterr().out
+    compare(cfg)
+    assert "reusing the finished teacher" in capsys.readouterr().out
+
+
+def test_compare_bad_variant_is_a_clear_error():
+    from compare import CompareConfig
+
+    with pytest.raises(ConfigError, match="'flash'.*allowed: softmax"):
+        CompareConfig(variants="softmax,flash")

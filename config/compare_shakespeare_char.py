@@ -1,0 +1,8 @@
+# The variant comparison on 2 CPU cores in about 20 minutes: a 1000-iter softmax teacher, then KD students
+# of all five attentions (the main job's size, 800 iters) for 2 seeds. python compare.py config/compare_shakespeare_char.py
+out_dir = "out-compare"
+teacher_config = "config/teacher_shakespeare_char.py"
+student_config = "config/kd_shakespeare_char_softmax.py"
+variants = "softmax,sink,gated,affine,affine_gated"
+seeds = "1,2"
+teacher_iters, student_iters, early_steps = 1000, 800, 500
