@@ -7,13 +7,16 @@ early steps (Table 4) and gradient-norm spikes above median + k * MAD (Table 5).
     python compare.py config/compare_shakespeare_char.py        # about 20 minutes on 2 CPU cores
     python compare.py config/compare_shakespeare_char.py --seeds=1,2,3 --student_iters=2000
 
-Students of one seed start from the same seed and see the same batches in the same order. Writes out_dir/results.md
-and out_dir/results.json; every run's own out_dir (metrics.jsonl, ckpt.pt) stays for analyze.py.
+Students of one seed start from the same seed and draw the same batches in the same order (train.py's batch
+sampler has its own generator, seeded by seed alone). A finished teacher of the same settings in
+out_dir/teacher is reused. Writes out_dir/results.md and out_dir/results.json; every run's own out_dir
+(metrics.jsonl, ckpt.pt) stays for analyze.py.
 """
 
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,38 +32,66 @@ from train import ConfigError, NonFiniteLoss, check_types, load_config, train
 @dataclass
 class CompareConfig:
     out_dir: str = "out-compare"
-    teacher_config: str = "config/teacher_shakespeare_char.py"  # train.py settings of the teacher
-    student_config: str = "config/kd_shakespeare_char_softmax.py"  # ... and of the students, but attn
+    # train.py arguments of the teacher and of the students: a config file, maybe followed by --key=value
+    # overrides, as on train.py's command line. compare.py then sets out_dir, loss and teacher (and the
+    # students' attn, seed and log_interval=1) itself.
+    teacher_config: str = "config/teacher_shakespeare_char.py"
+    student_config: str = "config/kd_shakespeare_char_softmax.py"
     variants: str = ",".join(ATTN_VARIANTS)  # comma-separated attn values
     seeds: str = "1,2"  # comma-separated
     teacher_iters: int = 0  # max_iters (and lr_decay_iters) of the teacher; 0 keeps its config's
     student_iters: int = 0  # ... of every student
-    early_steps: int = 500  # Tables 4-5 look at the gradient norms of the steps before this
+    early_steps: int = 500  # Tables 4-5 look at the gradient norms of the steps before this (0-499)
     data_dir: str = ""  # for teacher and students; "" keeps their configs' data
     device: str = ""  # for teacher and students; "" keeps their configs' device
 
     def __post_init__(self):
         check_types(self)
-        for v in self.variant_list():
+        variants = self.variant_list()
+        for v in variants:
             if v not in ATTN_VARIANTS:
                 raise ConfigError(f"unknown variant {v!r} in variants={self.variants!r}; allowed: {', '.join(ATTN_VARIANTS)}")
         try:
-            self.seed_list()
+            seeds = self.seed_list()
         except ValueError:
             raise ConfigError(f"seeds={self.seeds!r} must be comma-separated integers, e.g. 1,2,3") from None
+        for name, values in (("variants", variants), ("seeds", seeds)):
+            if not values or len(set(values)) != len(values):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must name at least one, each once")
+        for name in ("teacher_iters", "student_iters"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must not be negative (0 keeps the config's max_iters)")
+        if self.early_steps < 1:
+            raise ConfigError(f"early_steps={self.early_steps} must be at least 1")
 
     def variant_list(self):
-        return [v for v in self.variants.split(",") if v]
+        return [v.strip() for v in self.variants.split(",") if v.strip()]
 
     def seed_list(self):
-        return [int(s) for s in str(self.seeds).split(",") if s]
+        return [int(s) for s in self.seeds.split(",") if s.strip()]
 
 
-def run_config(path, iters, **settings):
-    cfg = load_config([path])
+def run_config(spec, iters, **settings):
+    """The TrainConfig of spec (a config file and --key=value overrides), then iters and settings over it."""
+    cfg = load_config(shlex.split(spec))
     if iters:
         settings.update(max_iters=iters, lr_decay_iters=iters)
     return replace(cfg, **settings)
+
+
+def finished_teacher(cfg):
+    """Why the checkpoint in cfg.out_dir cannot stand in for training cfg, or None if it can: it must have
+    run to cfg.max_iters with exactly these settings."""
+    path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if not os.path.isfile(path):
+        return f"no {path}"
+    ckpt = torch.load(path, map_location="cpu")
+    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {v!r}" for k, v in asdict(cfg).items() if ckpt["config"].get(k) != v]
+    if changed:
+        return f"{path} has other settings ({'; '.join(changed)})"
+    if ckpt["iter_num"] != cfg.max_iters:
+        return f"{path} stopped at iter {ckpt['iter_num']} of {cfg.max_iters}"
+    return None
 
 
 def read_metrics(out_dir):
@@ -70,33 +101,31 @@ def read_metrics(out_dir):
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
 
-def mean_std(values):
-    return float(np.mean(values)), float(np.std(values))
-
-
 def table_rows(runs, delta_params, early_steps, last=50):
-    """runs: {variant: [(step rows, eval rows) of each seed]}. One dict per variant: means and standard
-    deviations over seeds of the final losses, and the seeds' mean of Tables 4-5's gradient statistics."""
+    """runs: {variant: [(step rows, eval rows) of each seed]}. One dict per variant: the mean and standard
+    deviation (ddof=0) over seeds of the final losses (train: the mean of the last `last` logged steps; val: the
+    last evaluation), the seeds' mean of Tables 4-5's gradient statistics over the steps with iter < early_steps,
+    and under "by_seed" every seed's own value of each."""
     rows = []
     for variant, seeds in runs.items():
-        row = {"variant": variant, "delta_params": delta_params[variant], "seeds": len(seeds)}
-        finals = {"train_loss": [], "train_ce": [], "val_loss": [], "val_ppl": []}
-        grads = {"grad_mean": [], "grad_std": [], "grad_var": [], "grad_cv": [], "spikes_k6": [], "spikes_k9": []}
+        by_seed = {k: [] for k in ("train_loss", "train_ce", "val_loss", "val_ppl",
+                                   "grad_mean", "grad_std", "grad_var", "grad_cv", "spikes_k6", "spikes_k9")}
         for steps, evals in seeds:
-            finals["train_loss"].append(np.mean([r["loss"] for r in steps[-last:]]))
-            finals["train_ce"].append(np.mean([r["ce"] for r in steps[-last:]]))
-            finals["val_loss"].append(evals[-1]["val_loss"])
-            finals["val_ppl"].append(evals[-1]["val_ppl"])
+            by_seed["train_loss"].append(float(np.mean([r["loss"] for r in steps[-last:]])))
+            by_seed["train_ce"].append(float(np.mean([r["ce"] for r in steps[-last:]])))
+            by_seed["val_loss"].append(evals[-1]["val_loss"])
+            by_seed["val_ppl"].append(evals[-1]["val_ppl"])
             g = [r["grad_norm"] for r in steps if r["iter"] < early_steps]
-            stats = grad_norm_stats(g)
-            for key in ("mean", "std", "var", "cv"):
-                grads["grad_" + key].append(stats[key])
-            grads["spikes_k6"].append(spike_count(g, 6))
-            grads["spikes_k9"].append(spike_count(g, 9))
-        for key, values in finals.items():
-            row[key], row[key + "_std"] = mean_std(values)
-        for key, values in grads.items():
-            row[key] = float(np.mean(values))
+            for key, value in grad_norm_stats(g).items():
+                by_seed["grad_" + key].append(value)
+            by_seed["spikes_k6"].append(spike_count(g, 6))
+            by_seed["spikes_k9"].append(spike_count(g, 9))
+        row = {"variant": variant, "delta_params": delta_params[variant], "seeds": len(seeds)}
+        for key in ("train_loss", "train_ce", "val_loss", "val_ppl"):
+            row[key], row[key + "_std"] = float(np.mean(by_seed[key])), float(np.std(by_seed[key]))
+        for key in ("grad_mean", "grad_std", "grad_var", "grad_cv", "spikes_k6", "spikes_k9"):
+            row[key] = float(np.mean(by_seed[key]))
+        row["by_seed"] = by_seed
         rows.append(row)
     return rows
 
@@ -110,62 +139,82 @@ def markdown(rows, header):
         lines.append(f"| {r['variant']} | {r['delta_params']:,} | {pm('train_loss', '.4f')} | {pm('train_ce', '.4f')} | "
                      f"{pm('val_loss', '.4f')} | {pm('val_ppl', '.3f')} | {r['grad_mean']:.3f} | {r['grad_std']:.3f} | "
                      f"{r['grad_var']:.4f} | {r['grad_cv']:.3f} | {r['spikes_k6']:.1f} | {r['spikes_k9']:.1f} |")
-    best = min(rows, key=lambda r: r["val_loss"])
-    others = [r for r in rows if r is not best]
-    if others:
-        runner_up = min(others, key=lambda r: r["val_loss"])
+    if len(rows) > 1:
+        best, runner_up = sorted(rows, key=lambda r: r["val_loss"])[:2]
         gap = runner_up["val_loss"] - best["val_loss"]
-        spread = max(best["val_loss_std"], runner_up["val_loss_std"])
-        verdict = "larger" if gap > spread else "not larger"
-        lines += ["", f"Lowest mean val loss: {best['variant']}, {gap:.4f} below {runner_up['variant']}; "
-                      f"that gap is {verdict} than the std across seeds ({spread:.4f})."]
+        line = f"Lowest mean val loss: {best['variant']}, {gap:.4f} below {runner_up['variant']}; "
+        if min(best["seeds"], runner_up["seeds"]) < 2:
+            line += "one seed, so no spread across seeds to compare that gap with."
+        else:
+            spread = max(best["val_loss_std"], runner_up["val_loss_std"])
+            line += f"that gap is {'larger' if gap > spread else 'not larger'} than the std across seeds ({spread:.4f})."
+        lines += ["", line]
     return "\n".join(lines) + "\n"
+
+
+def hardware(device):
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{platform.machine()} CPU ({os.cpu_count()} cores)"
+    return f"{where}, device {device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def compare(cfg):
     t0 = time.time()
-    data = {k: v for k, v in (("data_dir", cfg.data_dir), ("device", cfg.device)) if v}
+    common = {k: v for k, v in (("data_dir", cfg.data_dir), ("device", cfg.device)) if v}
     teacher_dir = os.path.join(cfg.out_dir, "teacher")
-    teacher = run_config(cfg.teacher_config, cfg.teacher_iters, out_dir=teacher_dir, loss="ce", teacher="", **data)
-    ckpt = os.path.join(teacher_dir, "ckpt.pt")
-    done = os.path.isfile(ckpt) and torch.load(ckpt, map_location="cpu")["iter_num"] == teacher.max_iters
-    if done:
+    teacher = run_config(cfg.teacher_config, cfg.teacher_iters, out_dir=teacher_dir, loss="ce", teacher="", **common)
+    # every student's settings before any training, so a bad one stops the comparison before it starts;
+    # log_interval=1: Tables 4-5 need every early gradient norm
+    students = {}
+    for variant in cfg.variant_list():
+        for seed in cfg.seed_list():
+            students[variant, seed] = run_config(cfg.student_config, cfg.student_iters, attn=variant, seed=seed, loss="kd",
+                                                 teacher=teacher_dir, log_interval=1,
+                                                 out_dir=os.path.join(cfg.out_dir, f"{variant}-s{seed}"), **common)
+    student = students[variant, seed]  # any one: the students differ only in attn, seed and out_dir
+    if student.max_iters < 1:
+        raise ConfigError(f"the students' max_iters={student.max_iters} must be at least 1: the table is made of their steps")
+
+    why_not = finished_teacher(teacher)
+    if why_not is None:
         print(f"reusing the finished teacher in {teacher_dir}")
     else:
-        print(f"training the teacher in {teacher_dir}")
+        print(f"training the teacher in {teacher_dir} ({why_not})")
         train(teacher)
 
-    runs, delta_params = {}, {}
-    for variant in cfg.variant_list():
-        runs[variant] = []
-        for seed in cfg.seed_list():
-            # log every step: Tables 4-5 need every early gradient norm
-            student = run_config(cfg.student_config, cfg.student_iters, out_dir=os.path.join(cfg.out_dir, f"{variant}-s{seed}"),
-                                 attn=variant, seed=seed, loss="kd", teacher=teacher_dir, log_interval=1, **data)
-            print(f"distilling {variant}, seed {seed}, into {student.out_dir}")
-            train(student)
-            runs[variant].append(read_metrics(student.out_dir))
-        delta_params[variant] = param_overhead(student.gpt_config(vocab_size=1))[1]
+    runs = {variant: [] for variant in cfg.variant_list()}
+    for (variant, seed), student in students.items():
+        print(f"distilling {variant}, seed {seed}, into {student.out_dir}")
+        train(student)
+        runs[variant].append(read_metrics(student.out_dir))
+    # Delta-Params depends on the shape and the variant only, not on the vocabulary
+    delta_params = {v: param_overhead(replace(student, attn=v).gpt_config(vocab_size=1))[1] for v in runs}
+    early = min(cfg.early_steps, student.max_iters)
+    rows = table_rows(runs, delta_params, early)
 
-    rows = table_rows(runs, delta_params, cfg.early_steps)
-    threads = torch.get_num_threads()
+    minutes = (time.time() - t0) / 60
+    made = f"{teacher.max_iters} iters (CE), " + ("reused from an earlier run" if why_not is None else "trained in this run")
     header = [f"# Variant comparison: {len(cfg.seed_list())} seeds ({cfg.seeds}), KD from a softmax teacher",
               "",
-              f"Teacher: {teacher.n_layer} layers, {teacher.n_embd} dims, {teacher.max_iters} iters (CE). "
+              f"Teacher: {teacher.n_layer} layers, {teacher.n_head} heads, {teacher.n_embd} dims, block {teacher.block_size}, {made}. "
               f"Students: {student.n_layer} layers, {student.n_head} heads, {student.n_embd} dims, block {student.block_size}, "
-              f"batch {student.batch_size}, {student.max_iters} iters, kd_alpha {student.kd_alpha}, tau {student.kd_temperature}. "
-              f"Train losses: mean of the last 50 steps; val: the final evaluation ({student.eval_iters} batches); "
-              f"values are mean +- std over seeds. Gradient statistics: steps < {cfg.early_steps}, mean over seeds.",
+              f"batch {student.batch_size}, {student.max_iters} iters, lr {student.learning_rate:g}, kd_alpha {student.kd_alpha}, "
+              f"tau {student.kd_temperature}. Every variant's student of a seed starts from that seed and draws the same batches.",
               "",
-              f"Measured on {platform.machine()} {student.device} ({threads} threads), torch {torch.__version__}, "
-              f"{(time.time() - t0) / 60:.1f} minutes in all."]
+              f"Train losses: the mean of the last 50 steps; val: the final evaluation ({student.eval_iters} batches); both "
+              f"as mean +- std (ddof=0) over seeds. Gradient norms (before clipping): steps 0-{early - 1}, statistics per "
+              f"seed, then the mean over seeds; spikes: steps above median + k * MAD.",
+              "",
+              f"Measured on {hardware(student.device)}: {minutes:.1f} minutes in all"
+              + ("." if why_not is not None else ", the teacher's training not included.")]
     text = markdown(rows, header)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
         f.write(text)
+    shared = {k: v for k, v in asdict(student).items() if k not in ("attn", "seed", "out_dir")}
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
-        json.dump({"config": asdict(cfg), "teacher": asdict(teacher), "student": asdict(student), "rows": rows,
-                   "minutes": (time.time() - t0) / 60}, f, indent=1)
+        json.dump({"config": asdict(cfg), "teacher": asdict(teacher), "teacher_reused": why_not is None,
+                   "student": shared, "runs": [s.out_dir for s in students.values()],
+                   "early_steps": early, "hardware": hardware(student.device), "minutes": minutes, "rows": rows}, f, indent=1)
     print(text)
     return rows
 

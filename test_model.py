@@ -15,7 +15,9 @@ from torch.nn import functional as F
 
 import analyze
 import bench
+import compare as compare_module
 import train as train_module
+from compare import CompareConfig, compare, markdown, run_config, table_rows
 from model import ATTN_VARIANTS, GPT, GPTConfig, linear_clipping, param_overhead
 from sample import SampleConfig, sample
 from train import ConfigError, NonFiniteLoss, TrainConfig, attention_stats, get_lr, load_config, train
@@ -937,52 +939,156 @@ def test_every_config_file_loads(monkeypatch):
 # the variant comparison (compare.py)
 
 
-def test_compare_table_rows_on_hand_made_metrics():
-    from compare import table_rows
+def hand_made_run(final_loss, val_loss, grads, n_tail=0, tail_loss=None):
+    """(step rows, eval rows) as read_metrics returns them: one step row per iter with the given gradient
+    norms and loss final_loss, then n_tail more steps of loss tail_loss and gradient norm 100."""
+    steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "grad_norm": g} for i, g in enumerate(grads)]
+    steps += [{"iter": len(grads) + i, "loss": tail_loss, "ce": tail_loss + 1, "grad_norm": 100.0} for i in range(n_tail)]
+    evals = [{"iter": 0, "val_loss": 9.0, "val_ppl": math.exp(9.0)},
+             {"iter": len(steps), "val_loss": val_loss, "val_ppl": math.exp(val_loss)}]
+    return steps, evals
 
-    def run(final_loss, val_loss, grads):
-        steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "grad_norm": g} for i, g in enumerate(grads)]
-        return steps, [{"iter": len(grads), "val_loss": val_loss, "val_ppl": math.exp(val_loss)}]
 
-    steady = [0.9, 1.0, 1.1] * 4  # median 1.0, MAD 0.1
-    spiky = steady + [1.7, 2.0]  # still median 1.0, MAD 0.1: 1.7 exceeds median + 6 MAD only, 2.0 also + 9 MAD
-    rows = table_rows({"softmax": [run(2.0, 3.0, steady), run(2.2, 3.2, steady)], "affine": [run(1.0, 2.0, spiky)]},
-                      {"softmax": 0, "affine": 64}, early_steps=100)
-    soft, aff = rows
-    assert soft["train_loss"] == pytest.approx(2.1) and soft["train_loss_std"] == pytest.approx(0.1)
-    assert soft["train_ce"] == pytest.approx(3.1)
-    assert soft["val_loss"] == pytest.approx(3.1) and soft["val_loss_std"] == pytest.approx(0.1)
-    assert soft["val_ppl"] == pytest.approx((math.exp(3.0) + math.exp(3.2)) / 2)
+def test_table_rows_means_stds_spikes_and_windows():
+    steady = [0.9, 1.0, 1.1] * 4 + [1.0, 1.0]  # mean 1.0, median 1.0, MAD 0.1
+    spiky = steady[:-2] + [1.7, 2.0]  # median and MAD the same: 1.7 > median + 6 MAD only, 2.0 > median + 9 MAD too
+    # 60 tail steps of gradient norm 100, beyond early_steps: they must not count in Tables 4-5, and the last-50
+    # window of the train loss must see only them
+    runs = {"softmax": [hand_made_run(5.0, 3.0, steady, 60, 2.0), hand_made_run(5.0, 3.4, steady, 60, 2.4)],
+            "affine": [hand_made_run(5.0, 2.0, spiky, 60, 1.0), hand_made_run(5.0, 2.2, steady, 60, 1.2)]}
+    soft, aff = table_rows(runs, {"softmax": 0, "affine": 64}, early_steps=len(spiky))
+    assert (soft["variant"], soft["delta_params"], soft["seeds"]) == ("softmax", 0, 2)
+    assert soft["train_loss"] == pytest.approx(2.2) and soft["train_loss_std"] == pytest.approx(0.2)  # ddof=0
+    assert soft["train_ce"] == pytest.approx(3.2) and soft["train_ce_std"] == pytest.approx(0.2)
+    assert soft["val_loss"] == pytest.approx(3.2) and soft["val_loss_std"] == pytest.approx(0.2)  # the last eval
+    assert soft["val_ppl"] == pytest.approx((math.exp(3.0) + math.exp(3.4)) / 2)
     assert soft["grad_mean"] == pytest.approx(1.0) and soft["grad_var"] == pytest.approx(np.var(steady))
+    assert soft["grad_std"] == pytest.approx(np.std(steady)) and soft["grad_cv"] == pytest.approx(np.std(steady))
     assert (soft["spikes_k6"], soft["spikes_k9"]) == (0, 0)
-    assert (aff["spikes_k6"], aff["spikes_k9"], aff["delta_params"], aff["seeds"]) == (2, 1, 64, 1)
-    assert aff["grad_cv"] == pytest.approx(np.std(spiky) / np.mean(spiky))
+    # affine: the spiky seed has 2 and 1 spikes, the steady one none; the table gives the mean over seeds
+    assert aff["delta_params"] == 64
+    assert (aff["spikes_k6"], aff["spikes_k9"]) == (1.0, 0.5)
+    assert aff["by_seed"]["spikes_k6"] == [2, 0] and aff["by_seed"]["val_loss"] == [2.0, 2.2]
+    assert aff["grad_cv"] == pytest.approx((np.std(spiky) / np.mean(spiky) + np.std(steady)) / 2)
+    assert aff["grad_var"] == pytest.approx((np.var(spiky) + np.var(steady)) / 2)
 
 
-def test_compare_end_to_end_trains_the_teacher_once(tmp_path, capsys):
-    from compare import CompareConfig, compare
+def test_markdown_states_the_winner_and_the_spread_as_measured():
+    runs = {"softmax": [hand_made_run(2.0, 3.0, [1.0, 1.1]), hand_made_run(2.0, 3.2, [1.0, 1.1])],
+            "affine": [hand_made_run(2.0, 3.05, [1.0, 1.1]), hand_made_run(2.0, 3.05, [1.0, 1.1])]}
+    text = markdown(table_rows(runs, {"softmax": 0, "affine": 64}, early_steps=2), ["# header"])
+    assert text.count("\n| ") == 3  # the column names and one row per variant
+    assert "| affine | 64 | 2.0000 +- 0.0000 | 3.0000 +- 0.0000 | 3.0500 +- 0.0000 |" in text
+    # affine's 3.05 is 0.05 below softmax's 3.1, less than softmax's std of 0.1 across seeds
+    assert "Lowest mean val loss: affine, 0.0500 below softmax; that gap is not larger than the std across seeds (0.1000)." in text
+    one_seed = {v: seeds[:1] for v, seeds in runs.items()}
+    text = markdown(table_rows(one_seed, {"softmax": 0, "affine": 64}, early_steps=2), ["# header"])
+    assert "Lowest mean val loss: softmax, 0.0500 below affine; one seed, so no spread" in text
 
+
+def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     data = make_char_data(tmp_path / "data")
     common = ("device, compile = 'cpu', False\neval_interval, eval_iters, log_interval = 5, 2, 1\n"
               "n_layer, n_head, n_embd, block_size, batch_size = 2, 2, 16, 16, 4\n"
               "learning_rate, warmup_iters, max_iters, lr_decay_iters, min_lr = 1e-2, 0, 8, 8, 1e-3\n")
     (tmp_path / "teacher.py").write_text(common)
     (tmp_path / "student.py").write_text(common + "loss, teacher = 'kd', 'set by compare.py'\n")
-    cfg = CompareConfig(out_dir=str(tmp_path / "cmp"), teacher_config=str(tmp_path / "teacher.py"),
-                        student_config=str(tmp_path / "student.py"), variants="softmax,affine", seeds="1,2", data_dir=data)
+    out = tmp_path / "cmp"
+    argv = [f"--out_dir={out}", f"--teacher_config={tmp_path / 'teacher.py'}", f"--data_dir={data}", "--seeds=1,2",
+            f"--student_config={tmp_path / 'student.py'} --n_embd=24", "--variants=softmax,affine", "--early_steps=500"]
+    cfg = load_config(argv, CompareConfig)
+
+    # every batch of the train split each run draws, by run: students of one seed must draw the same ones
+    batches, current = {}, []
+    get_batch, real_train = train_module.get_batch, compare_module.train
+
+    def recording_get_batch(data_dir, split, *args):
+        x, y = get_batch(data_dir, split, *args)
+        if split == "train":
+            batches.setdefault(current[-1], []).append(x.clone())
+        return x, y
+
+    def recording_train(run):
+        current.append(os.path.basename(run.out_dir))
+        return real_train(run)
+
+    monkeypatch.setattr(train_module, "get_batch", recording_get_batch)
+    monkeypatch.setattr(compare_module, "train", recording_train)
     rows = compare(cfg)
-    assert [r["variant"] for r in rows] == ["softmax", "affine"]
-    with open(tmp_path / "cmp" / "results.json") as f:
-        saved = json.load(f)["rows"]
-    assert all(math.isfinite(v) for r in saved for v in r.values() if isinstance(v, float))
-    assert (tmp_path / "cmp" / "results.md").read_text().count("\n| ") == 3  # the header row and two variants
     assert "training the teacher" in capsys.readouterr().out
-    compare(cfg)
+    assert current == ["teacher", "softmax-s1", "softmax-s2", "affine-s1", "affine-s2"]
+    for seed in (1, 2):
+        assert len(batches[f"affine-s{seed}"]) == 8 + 3 * 2  # 8 training batches, 2 per evaluation (iters 0, 5, 8)
+        assert all((a == b).all() for a, b in zip(batches[f"softmax-s{seed}"], batches[f"affine-s{seed}"]))
+    assert not (batches["softmax-s1"][0] == batches["softmax-s2"][0]).all()
+
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["variant"] for r in saved["rows"]] == ["softmax", "affine"] == [r["variant"] for r in rows]
+    assert saved["early_steps"] == 8 and saved["student"]["n_embd"] == 24 and not saved["teacher_reused"]
+    for r in saved["rows"]:
+        assert r["seeds"] == 2 and all(len(v) == 2 for v in r["by_seed"].values())
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
+    student = run_config(cfg.student_config, 0, attn="affine", loss="kd", teacher="x")
+    assert saved["rows"][0]["delta_params"] == 0
+    assert saved["rows"][1]["delta_params"] == param_overhead(student.gpt_config(vocab_size=8))[1] == 2 * 24 * 2
+    text = (out / "results.md").read_text()
+    assert "2 seeds" in text and "8 iters" in text and "steps 0-7" in text and "minutes in all." in text
+
+    # a second call reuses the teacher, and the students, trained again, give the same table
+    teacher_ckpt = out / "teacher" / "ckpt.pt"
+    mtime = teacher_ckpt.stat().st_mtime_ns
+    current.clear()
+    assert compare(cfg) == rows
     assert "reusing the finished teacher" in capsys.readouterr().out
+    assert current[0] == "softmax-s1" and teacher_ckpt.stat().st_mtime_ns == mtime
+    assert json.loads((out / "results.json").read_text())["teacher_reused"]
+    assert "the teacher's training not included" in (out / "results.md").read_text()
 
 
-def test_compare_bad_variant_is_a_clear_error():
-    from compare import CompareConfig
+@pytest.mark.parametrize("argv, message", [
+    (["--variants=softmax,flash"], "'flash'.*allowed: softmax, sink"),
+    (["--variants=softmax,softmax"], "variants='softmax,softmax' must name at least one, each once"),
+    (["--variants="], "variants='' must name at least one"),
+    (["--seeds=1,two"], "seeds='1,two' must be comma-separated integers"),
+    (["--early_steps=0"], "early_steps=0 must be at least 1"),
+    (["--student_iters=-5"], "student_iters=-5 must not be negative"),
+    (["--teacher_iter=5"], "unknown setting 'teacher_iter'.*did you mean teacher_iters"),
+])
+def test_bad_compare_settings_are_clear_errors(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(argv, CompareConfig)
 
-    with pytest.raises(ConfigError, match="'flash'.*allowed: softmax"):
-        CompareConfig(variants="softmax,flash")
+
+def test_a_changed_teacher_setting_is_not_reused(tmp_path):
+    data = make_char_data(tmp_path / "data")
+    (tmp_path / "teacher.py").write_text(
+        "device = 'cpu'\neval_interval, eval_iters = 5, 1\nn_layer, n_head, n_embd, block_size, batch_size = 1, 1, 8, 8, 2\n"
+        "warmup_iters, max_iters, lr_decay_iters = 0, 3, 3\n")
+    teacher = run_config(str(tmp_path / "teacher.py"), 0, out_dir=str(tmp_path / "t"), data_dir=data, loss="ce", teacher="")
+    assert compare_module.finished_teacher(teacher) == f"no {tmp_path / 't' / 'ckpt.pt'}"
+    train_module.train(teacher)
+    assert compare_module.finished_teacher(teacher) is None
+    assert "n_embd: 8 -> 16" in compare_module.finished_teacher(run_config(
+        f"{tmp_path / 'teacher.py'} --n_embd=16", 0, out_dir=str(tmp_path / "t"), data_dir=data, loss="ce", teacher=""))
+
+
+def test_students_without_steps_are_caught_before_any_training(tmp_path):
+    (tmp_path / "run.py").write_text("device = 'cpu'\nmax_iters = 0\n")
+    cfg = CompareConfig(out_dir=str(tmp_path / "cmp"), teacher_config=str(tmp_path / "run.py"),
+                        student_config=str(tmp_path / "run.py"), data_dir=str(tmp_path / "no-data"))
+    with pytest.raises(ConfigError, match="max_iters=0 must be at least 1"):
+        compare(cfg)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_the_compare_configs_load(monkeypatch):
+    """Both compare configs, and the teacher and student settings they name, load without a GPU."""
+    monkeypatch.chdir(REPO)
+    cpu = load_config(["config/compare_shakespeare_char.py"], CompareConfig)
+    gpu = load_config(["config/compare_shakespeare_char_gpu.py"], CompareConfig)
+    assert (cpu.variant_list(), cpu.seed_list(), gpu.seed_list()) == (list(compare_module.ATTN_VARIANTS), [1, 2], [1, 2, 3])
+    for cfg in (cpu, gpu):
+        teacher = run_config(cfg.teacher_config, cfg.teacher_iters, loss="ce", teacher="")
+        student = run_config(cfg.student_config, cfg.student_iters, loss="kd", teacher="x", attn="affine")
+        assert student.block_size <= teacher.block_size and student.device == teacher.device
+    assert (student.device, student.dtype, student.n_embd, student.max_iters) == ("cuda", "bfloat16", 256, 3000)
