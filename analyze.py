@@ -180,7 +180,7 @@ def attention_stats(model, x, layer, head):
     return stats
 
 
-def summarize(name, ckpt, config, stats, rows, data_path, early_iters):
+def summarize(name, ckpt, config, stats, rows, data_path, early_steps):
     n, L, T = stats["per_query"].shape
     affine = stats["alpha"] is not None
     it = f", iter {ckpt['iter_num']}" if "iter_num" in ckpt else ""
@@ -216,10 +216,10 @@ def summarize(name, ckpt, config, stats, rows, data_path, early_iters):
             out.append(f"{key:>9}: {values[0]:.4g} (iter {iters[0]}) -> {values[-1]:.4g} (iter {iters[-1]}), "
                        f"{len(values)} logged")
     iters, g = curve(rows, "grad_norm")
-    g = g[iters <= early_iters]
+    g = g[iters < early_steps]
     if len(g):
         s = grad_norm_stats(g)
-        out.append(f"grad_norm at iters <= {early_iters} ({len(g)} logged; Tables 4-5): mean {s['mean']:.4g} "
+        out.append(f"grad_norm at iters < {early_steps} ({len(g)} logged; Tables 4-5): mean {s['mean']:.4g} "
                    f"std {s['std']:.4g} var {s['var']:.4g} CV {s['cv']:.3f}; "
                    f"spikes k=6: {spike_count(g, 6)}, k=9: {spike_count(g, 9)}")
     return "\n".join(out)
@@ -310,7 +310,7 @@ def main(argv=None):
     p.add_argument("--seq_len", type=int, help="tokens per sequence (default: the model's block_size)")
     p.add_argument("--layer", type=int, default=-1, help="layer of the heatmap (default: the last)")
     p.add_argument("--head", type=int, help="head of the heatmap (default: the mean over heads, as the paper)")
-    p.add_argument("--early_iters", type=int, default=500, help="gradient-norm statistics over iters <= this (Tables 4-5)")
+    p.add_argument("--early_steps", type=int, default=500, help="gradient-norm statistics over iters < this (Tables 4-5), as compare.py")
     p.add_argument("--plot_dir", help="where figures go (default: the checkpoint's folder, or analysis/ for several)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -336,7 +336,7 @@ def main(argv=None):
         x = val_sequences(data_path, args.num_seqs, seq_len, cfg.vocab_size).to(args.device)
         stats = attention_stats(model, x, args.layer, args.head)
         rows = read_metrics(os.path.join(os.path.dirname(path), "metrics.jsonl"))
-        summaries.append(summarize(path, ckpt, cfg, stats, rows, data_path, args.early_iters))
+        summaries.append(summarize(path, ckpt, cfg, stats, rows, data_path, args.early_steps))
         runs.append((cfg.attn, stats, rows))
     labels = [label for label, _, _ in runs]
     runs = [(f"{label} ({os.path.dirname(path)})" if labels.count(label) > 1 else label, stats, rows)

@@ -894,7 +894,7 @@ def test_analyze_end_to_end(tmp_path, capsys):
         # N = prefix: each query's mass is alpha_ma of its head, here 0.3 and 0.8
         assert [float(v) for v in fields[2:5]] == pytest.approx([0.55, 0.3, 0.8], abs=1e-4)
         assert [float(v) for v in fields[-2:]] == [0.3, 0.8]
-    assert "grad_norm at iters <= 500 (40 logged" in summary and "spikes k=6: 5, k=9: 5" in summary
+    assert "grad_norm at iters < 500 (40 logged" in summary and "spikes k=6: 5, k=9: 5" in summary
     assert "val_loss: 3.5 (iter 400)" in summary
     pytest.importorskip("matplotlib")
     for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm"):
