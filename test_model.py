@@ -17,7 +17,7 @@ import analyze
 import bench
 import compare as compare_module
 import train as train_module
-from compare import CompareConfig, compare, markdown, run_config, table_rows
+from compare import CompareConfig, compare, markdown, read_metrics, run_config, table_rows
 from model import ATTN_VARIANTS, GPT, GPTConfig, linear_clipping, param_overhead
 from sample import SampleConfig, sample
 from train import ConfigError, NonFiniteLoss, TrainConfig, attention_stats, get_lr, load_config, train
@@ -554,12 +554,6 @@ def tiny(tmp_path, name="out", data=None, **kw):
                     n_layer=2, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=10, eval_interval=5,
                     eval_iters=2, log_interval=1, learning_rate=1e-2, warmup_iters=0, lr_decay_iters=10, min_lr=1e-3)
     return TrainConfig(**{**settings, **kw})
-
-
-def read_metrics(out_dir):
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
 
 def test_ce_lowers_the_loss_and_logs_every_key(tmp_path):
