@@ -20,9 +20,7 @@ import os
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig
-
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+from common import DATA_ROOT, load_model
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -100,18 +98,6 @@ def series(g):
 
 # --------------------------------------------------------------------------------------------------
 # checkpoints, data, metrics
-
-
-def load_checkpoint(path, device):
-    """The model of a train.py checkpoint (eval mode) and the checkpoint dict."""
-    ckpt = torch.load(path, map_location=device)
-    missing = [key for key in ("model", "model_args", "config") if key not in ckpt]
-    if missing:
-        raise ValueError(f"{path} is not a train.py checkpoint: it lacks {', '.join(missing)}")
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    # a checkpoint of a torch.compile'd model has every key prefixed by the wrapper's attribute name
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
-    return model.to(device).eval(), ckpt
 
 
 def val_sequences(path, num_seqs, seq_len, vocab_size):
@@ -320,7 +306,10 @@ def main(argv=None):
 
     runs, summaries = [], []
     for path in args.ckpt:
-        model, ckpt = load_checkpoint(path, args.device)
+        model, _, ckpt = load_model(path, args.device, "--ckpt")
+        if ckpt is None:
+            p.error(f"--ckpt={path} is not a train.py checkpoint")
+        model.eval()
         cfg = model.config
         seq_len = args.seq_len or cfg.block_size
         if not 1 <= seq_len <= cfg.block_size:

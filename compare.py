@@ -26,7 +26,8 @@ import torch
 
 from analyze import grad_norm_stats, spike_count
 from model import ATTN_VARIANTS, param_overhead
-from train import ConfigError, NonFiniteLoss, check_types, load_config, train
+from common import ConfigError, check_types, load_config
+from train import NonFiniteLoss, TrainConfig, train
 
 
 @dataclass
@@ -73,7 +74,7 @@ class CompareConfig:
 
 def run_config(spec, iters, **settings):
     """The TrainConfig of spec (a config file and --key=value overrides), then iters and settings over it."""
-    cfg = load_config(shlex.split(spec))
+    cfg = load_config(shlex.split(spec), TrainConfig)
     if iters:
         settings.update(max_iters=iters, lr_decay_iters=iters)
     return replace(cfg, **settings)

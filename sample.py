@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train import GPT2_ENCODINGS, ConfigError, check_types, load_config, load_pretrained
+from common import ConfigError, check_types, get_tokenizer, load_config, load_model
 
 
 @dataclass
@@ -37,41 +37,10 @@ class SampleConfig:
             raise ConfigError(f"top_k={self.top_k} must be 0 (off) or positive")
 
 
-def gpt2_encoding():
-    """tiktoken's GPT-2 BPE. "gpt2" downloads its files; "r50k_base" has the same token ids and also
-    loads offline from a TIKTOKEN_CACHE_DIR holding its ranks file."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception:  # no network, or no cached files for this name: try the other one
-        return tiktoken.get_encoding("r50k_base")
-
-
-def tokenizer(meta):
-    """(encode, decode) for a model's meta: its characters, or a tiktoken BPE (GPT-2's without meta)."""
-    if meta is not None and "stoi" in meta:
-        stoi, itos = meta["stoi"], meta["itos"]
-
-        def encode(text):
-            unknown = sorted(set(text) - set(stoi))
-            if unknown:
-                raise ConfigError(f"the prompt has characters not in the model's vocabulary: {', '.join(map(repr, unknown))}")
-            return [stoi[c] for c in text]
-
-        return encode, lambda ids: "".join(itos[i] for i in ids)
-    name = "gpt2" if meta is None else meta["encoding"]
-    if name in GPT2_ENCODINGS:
-        enc = gpt2_encoding()
-    else:
-        import tiktoken
-        enc = tiktoken.get_encoding(name)
-    return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
-
-
 def sample(cfg):
     """num_samples texts, each the prompt followed by max_new_tokens sampled tokens."""
-    model, meta = load_pretrained(cfg.init_from, cfg.device)
-    encode, decode = tokenizer(meta)
+    model, meta, _ = load_model(cfg.init_from, cfg.device)
+    encode, decode = get_tokenizer(meta)
     start = cfg.start
     if start.startswith("FILE:"):
         with open(start[len("FILE:"):], encoding="utf-8") as f:

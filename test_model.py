@@ -17,10 +17,13 @@ import analyze
 import bench
 import compare as compare_module
 import train as train_module
+from common import load_config
 from compare import CompareConfig, compare, markdown, read_metrics, run_config, table_rows
 from model import ATTN_VARIANTS, GPT, GPTConfig, linear_clipping, param_overhead
 from sample import SampleConfig, sample
-from train import ConfigError, NonFiniteLoss, TrainConfig, attention_stats, get_lr, load_config, train
+import common
+from common import ConfigError
+from train import NonFiniteLoss, TrainConfig, attention_stats, get_lr, train
 
 AFFINE = ("affine", "affine_gated")
 
@@ -649,7 +652,7 @@ def test_a_huge_learning_rate_stops_the_run(tmp_path):
 def test_config_files_and_overrides(tmp_path):
     path = tmp_path / "conf.py"
     path.write_text("import math\nn_layer = 3\nlearning_rate = 1\nattn = 'sink'\n")
-    cfg = load_config([str(path), "--attn=affine", "--out_dir=2024", "--bias=True", "--min_lr=1e-5"])
+    cfg = load_config([str(path), "--attn=affine", "--out_dir=2024", "--bias=True", "--min_lr=1e-5"], TrainConfig)
     assert (cfg.n_layer, cfg.attn, cfg.out_dir, cfg.bias, cfg.min_lr) == (3, "affine", "2024", True, 1e-5)
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
 
@@ -669,20 +672,20 @@ def test_config_files_and_overrides(tmp_path):
 ])
 def test_bad_settings_are_clear_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(argv)
+        load_config(argv, TrainConfig)
 
 
 def test_unknown_name_in_a_config_file(tmp_path):
     path = tmp_path / "conf.py"
     path.write_text("n_layers = 3\n")
     with pytest.raises(ConfigError, match="unknown setting 'n_layers'.*did you mean n_layer"):
-        load_config([str(path)])
+        load_config([str(path)], TrainConfig)
 
 
 def test_missing_data_names_the_prepare_command(tmp_path, monkeypatch):
     (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
     (tmp_path / "data" / "shakespeare_char" / "prepare.py").write_text("")
-    monkeypatch.setattr(train_module, "DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setattr(common, "DATA_ROOT", str(tmp_path / "data"))
     cfg = TrainConfig(out_dir=str(tmp_path / "out"), device="cpu", dataset="shakespeare_char")
     with pytest.raises(ConfigError, match="run first: python .*shakespeare_char.prepare\\.py"):
         train(cfg)
@@ -743,7 +746,7 @@ def test_sample_reads_a_prompt_file(tmp_path):
 
 def test_sample_from_a_local_gpt2_directory_decodes_bpe(tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
-    from sample import gpt2_encoding
+    from common import gpt2_encoding
     cache = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tiktoken_cache")
     if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(cache):
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", cache)  # the GPT-2 BPE offline, as "r50k_base"
@@ -922,7 +925,7 @@ def test_every_config_file_loads(monkeypatch):
     repo = os.path.dirname(os.path.abspath(__file__))
     monkeypatch.chdir(repo)
     names = sorted(f for f in os.listdir("config") if f.endswith(".py") and not f.startswith("compare"))
-    configs = {name: load_config([os.path.join("config", name)]) for name in names}
+    configs = {name: load_config([os.path.join("config", name)], TrainConfig) for name in names}
     assert configs["train_shakespeare_char_cpu.py"].n_embd == 128
     for attn in ATTN_VARIANTS:
         kd = configs[f"kd_shakespeare_char_{attn}.py"]

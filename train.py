@@ -6,7 +6,7 @@ Train a GPT of model.py, with any of its attention variants, by cross-entropy or
     torchrun --standalone --nproc_per_node=8 train.py config/train_fineweb_kd_gpt2.py
 
 Every setting is a field of TrainConfig. A config file is python that assigns some of them; --key=value
-overrides follow; later ones win. As a library: train(load_config([...])) or train(TrainConfig(...)).
+overrides follow; later ones win. As a library: train(load_config([...], TrainConfig)) or train(TrainConfig(...)).
 Writes out_dir/ckpt.pt and out_dir/metrics.jsonl, one JSON object per logged step:
   every log_interval iters  iter, lr, loss, ce (and kd when distilling), grad_norm (before clipping),
                             tokens_per_s, logit_mag (the paper's Fig. 2: mean |pre-softmax logit| over the
@@ -17,16 +17,12 @@ Writes out_dir/ckpt.pt and out_dir/metrics.jsonl, one JSON object per logged ste
   and after the last iter   the same, and the last checkpoint is written
 """
 
-import ast
 import dataclasses
-import difflib
 import json
 import math
 import os
-import pickle
 import sys
 import time
-import types
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -37,37 +33,15 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from common import ConfigError, check_choice, check_types, describe_tokenizer, find_data, load_config, load_model, save_checkpoint, tokenizer_of
 from model import GPT, GPTConfig
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-GPT2_ENCODINGS = ("gpt2", "r50k_base")  # two tiktoken names for the same GPT-2 BPE token ids
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attn", "fused",
                 "affine_momentum", "affine_n")
 
 
-class ConfigError(ValueError):
-    """A bad setting, or data or a teacher that does not fit: the message says what and what would do."""
-
-
 class NonFiniteLoss(RuntimeError):
     """Training met a non-finite loss and stopped; no checkpoint was written after it."""
-
-
-def check_types(cfg):
-    """Every field of the dataclass cfg must have its default's type; an int is taken for a float."""
-    for f in dataclasses.fields(cfg):
-        value, want = getattr(cfg, f.name), type(f.default)
-        if want is float and type(value) is int:
-            setattr(cfg, f.name, float(value))
-        elif type(value) is not want:
-            need = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}[want]
-            raise ConfigError(f"{f.name}={value!r} must be {need} (got {type(value).__name__})")
-
-
-def check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ConfigError(f"unknown {name}={value!r}; allowed: {', '.join(allowed)}")
 
 
 @dataclass
@@ -152,68 +126,6 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
 
 
-def read_config_file(path):
-    """The names a config file assigns (it is python, run with exec), less dunders and imported modules."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} not found (overrides are written --key=value)")
-    namespace = {}
-    with open(path) as f:
-        exec(compile(f.read(), path, "exec"), namespace)
-    return {k: v for k, v in namespace.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
-
-
-def load_config(argv, cls=TrainConfig):
-    """nanoGPT-style settings from the command line: config files and --key=value overrides, in order.
-    An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text."""
-    types_ = {f.name: type(f.default) for f in dataclasses.fields(cls)}
-    values = {}
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, text = arg[2:].partition("=")
-            if not eq:
-                raise ConfigError(f"override {arg!r} must be written --key=value")
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                value = text
-            if types_.get(key) is str and not isinstance(value, str):
-                value = text  # --out_dir=2024 is the folder "2024"
-            settings, source = {key: value}, arg
-        else:
-            settings, source = read_config_file(arg), arg
-        for key, value in settings.items():
-            if key not in types_:
-                close = difflib.get_close_matches(key, types_, n=3)
-                hint = f"did you mean {' or '.join(close)}?" if close else f"see the fields of {cls.__name__}"
-                raise ConfigError(f"unknown setting {key!r} (from {source}); {hint}")
-            values[key] = value
-    return cls(**values)
-
-
-def find_data(cfg):
-    """(data_dir, meta): the folder with train.bin and val.bin, and its meta.pkl's dict or None."""
-    data_dir = cfg.data_dir or os.path.join(DATA_ROOT, cfg.dataset)
-    missing = [s for s in ("train.bin", "val.bin") if not os.path.isfile(os.path.join(data_dir, s))]
-    if missing and cfg.data_dir:
-        raise ConfigError(f"data_dir={cfg.data_dir!r} has no {' or '.join(missing)}")
-    if missing:
-        prepare = os.path.join(DATA_ROOT, cfg.dataset, "prepare.py")
-        if os.path.isfile(prepare):
-            raise ConfigError(f"no prepared data for dataset={cfg.dataset!r} in {data_dir}; "
-                              f"run first: python {os.path.relpath(prepare)}")
-        known = sorted(d for d in os.listdir(DATA_ROOT) if os.path.isfile(os.path.join(DATA_ROOT, d, "prepare.py")))
-        raise ConfigError(f"unknown dataset={cfg.dataset!r}; allowed: {', '.join(known)} (or set data_dir)")
-    for split in ("train", "val"):
-        n = len(np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r"))
-        if n <= cfg.block_size:
-            raise ConfigError(f"{split}.bin in {data_dir} holds {n} tokens, too few for block_size={cfg.block_size}")
-    meta = None
-    if os.path.isfile(os.path.join(data_dir, "meta.pkl")):
-        with open(os.path.join(data_dir, "meta.pkl"), "rb") as f:
-            meta = pickle.load(f)
-    return data_dir, meta
-
-
 def get_batch(data_dir, split, batch_size, block_size, generator, device):
     """batch_size random windows of block_size + 1 tokens, as inputs x and next-token targets y."""
     # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
@@ -264,45 +176,9 @@ def forward_loss(model, teacher, x, y, cfg):
     return cfg.kd_alpha * kd + (1.0 - cfg.kd_alpha) * ce, ce, kd
 
 
-def tokenizer_of(meta):
-    """What a token id means: the characters' ids for char data, else the BPE's name. Data without
-    meta.pkl is GPT-2 BPE, as in nanoGPT."""
-    if meta is None:
-        return "gpt2"
-    if "stoi" in meta:
-        return meta["stoi"]
-    return "gpt2" if meta["encoding"] in GPT2_ENCODINGS else meta["encoding"]
-
-
-def describe_tokenizer(meta):
-    kind = tokenizer_of(meta)
-    if isinstance(kind, dict):
-        return f"character-level ({len(kind)} characters)"
-    return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
-
-
-def load_pretrained(name, device="cpu", setting="init_from"):
-    """(model, meta) from a checkpoint of this repo (a ckpt.pt or an out_dir holding one) or from GPT-2
-    (a name or a local directory, through transformers). meta tells the tokenizer, as a meta.pkl does.
-    setting names the setting name came from, for the error message."""
-    path = os.path.join(name, "ckpt.pt") if os.path.isfile(os.path.join(name, "ckpt.pt")) else name
-    if os.path.isfile(path):
-        ckpt = torch.load(path, map_location="cpu")
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-        meta = ckpt["meta"]
-    elif os.path.isdir(name) or name in GPT2_NAMES:
-        model = GPT.from_pretrained(name)
-        meta = {"vocab_size": model.config.vocab_size, "encoding": "gpt2"}
-    else:
-        raise ConfigError(f"{setting}={name!r} is no file or directory: expected a ckpt.pt of this repo, an out_dir "
-                          f"holding one, a local GPT-2 directory, or one of {', '.join(GPT2_NAMES)}")
-    return model.to(device), meta
-
-
 def load_teacher(cfg, meta, vocab_size, device):
     """The teacher, frozen in eval mode, once it is known to fit the data and the student."""
-    teacher, teacher_meta = load_pretrained(cfg.teacher, device, "teacher")
+    teacher, teacher_meta, _ = load_model(cfg.teacher, device, "teacher")
     tc = teacher.config
     tokenizers = f"teacher: {describe_tokenizer(teacher_meta)}, data: {describe_tokenizer(meta)}"
     if tc.vocab_size != vocab_size:
@@ -364,12 +240,6 @@ def rng_states(sampler, device_type, ddp):
     return states
 
 
-def save_checkpoint(ckpt, path):
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash while saving leaves the previous checkpoint whole
-
-
 def train(cfg):
     """Train as cfg says. Under torchrun (RANK in the environment) this is one rank of a DDP run.
     Returns {"iter_num", "train_loss", "val_loss", "best_val_loss", "elapsed_s", "out_dir"}; the losses
@@ -401,7 +271,7 @@ def _train(cfg, device, ddp):
         raise ConfigError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
                           f"multiple of the {world} DDP ranks")
     accum = cfg.gradient_accumulation_steps // world
-    data_dir, meta = find_data(cfg)
+    data_dir, meta = find_data(cfg.data_dir, cfg.dataset, cfg.block_size)
     vocab_size = meta["vocab_size"] if meta is not None else 50304
 
     torch.manual_seed(cfg.seed + rank)  # different dropout on every rank; DDP copies rank 0's initial weights
@@ -570,6 +440,6 @@ def _train(cfg, device, ddp):
 
 if __name__ == "__main__":
     try:
-        train(load_config(sys.argv[1:]))
+        train(load_config(sys.argv[1:], TrainConfig))
     except (ConfigError, NonFiniteLoss) as e:
         sys.exit(f"{type(e).__name__}: {e}")
