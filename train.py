@@ -39,7 +39,8 @@ from tqdm import tqdm
 from common import ConfigError, check_choice, check_types, describe_tokenizer, find_data, load_config, load_model, save_checkpoint, tokenizer_of
 from model import GPT, GPTConfig
 
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attn", "fused",
+MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
+                "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn", "fused", "phi",
                 "affine_momentum", "affine_n")
 
 
@@ -68,13 +69,23 @@ class TrainConfig:
     # model (GPTConfig; vocab_size comes from the data's meta.pkl, else GPT-2's padded 50304)
     n_layer: int = 12
     n_head: int = 12
+    n_kv_head: int = 0  # fewer than n_head: grouped-query attention; 0: n_head
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False
+    qkv_bias: bool = False  # q, k, v biases even when bias=False (Qwen)
+    pos: str = "learned"  # "learned" or "rope"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # or "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu", "swiglu" or "relu2"
+    mlp_hidden: int = 0  # 0: 4 * n_embd
+    tie_embeddings: bool = True
     attn: str = "softmax"  # softmax, sink, gated, affine, affine_gated
     fused: bool = True
-    affine_momentum: float = 0.9
-    affine_n: str = "prefix"
+    phi: str = "linear_clip"  # phi of Eq. 7: "linear_clip" (Eq. 11) or "sigmoid"
+    affine_momentum: float = 0.9  # rho of Eq. 9
+    affine_n: str = "context"  # N of Eq. 8: "context" (block_size) or "prefix" (keys the query sees)
     # loss
     loss: str = "ce"  # "ce", or "kd" to distil from teacher
     teacher: str = ""  # a ckpt.pt of this repo, an out_dir holding one, a GPT-2 name or local directory
@@ -318,19 +329,21 @@ def _train(cfg, device, ddp):
     compiled = torch.compile(model) if cfg.compile else model
     if cfg.compile and teacher is not None:
         teacher = torch.compile(teacher)
-    # alpha_ma on every rank: each rank updates it from its own micro-batch (Eq. 9) and sync_alpha_ma then
-    # averages the ranks' values. All ranks start from the same alpha_ma and Eq. 9 is linear in the batch
-    # mean, so the average is Eq. 9 with the mean over the global batch, and every rank's next forward
-    # reads the same alpha_ma (DDP's own broadcast of rank 0's buffers then changes nothing).
-    runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None) if ddp else compiled
+    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch: every
+    # micro-step's forward adds its batch mean to alpha_sum, and before the update the sums of all ranks are
+    # added up. All ranks start from the same alpha_ma and apply the same update, so they stay equal without
+    # DDP's broadcast of rank 0's buffers (off: it would overwrite the other ranks' sums).
+    runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
+                 broadcast_buffers=False) if ddp else compiled
     affine_layers = [block.attn for block in model.transformer.h if block.attn.affine]
 
-    def sync_alpha_ma():
-        alpha_ma = torch.stack([a.alpha_ma for a in affine_layers])
-        dist.all_reduce(alpha_ma)  # a sum: gloo has no average
-        for a, value in zip(affine_layers, alpha_ma / world):
-            a.alpha_ma = value.clone()
-
+    def update_alpha_ma():
+        if ddp and affine_layers:
+            sums = torch.stack([torch.cat([a.alpha_sum, a.alpha_count.view(1)]) for a in affine_layers])
+            dist.all_reduce(sums)
+            for a, s in zip(affine_layers, sums):
+                a.alpha_sum, a.alpha_count = s[:-1].clone(), s[-1].clone()
+        model.update_alpha_ma()
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
@@ -417,13 +430,12 @@ def _train(cfg, device, ddp):
                 runner.require_backward_grad_sync = micro_step == accum - 1  # all-reduce on the last only
             with ctx:
                 loss, ce, kd = forward_loss(runner, teacher, x, y, cfg)
-            if ddp and affine_layers:
-                sync_alpha_ma()
             (loss / accum).backward()
             total += torch.stack([loss, ce, kd]).detach().float() / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        update_alpha_ma()
         pending.append((iter_num, total))
 
         if iter_num % cfg.log_interval == 0:
