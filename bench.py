@@ -28,7 +28,7 @@ from contextlib import nullcontext
 import torch
 
 from common import ConfigError, find_data, load_config
-from model import ATTN_VARIANTS, GPT, GPTConfig
+from model import ATTN_VARIANTS, GPT, GPTConfig, peak_flops
 from train import NonFiniteLoss, TrainConfig, train
 
 MODES = ("eager", "fused", "compile")
@@ -54,7 +54,7 @@ def build(variant, mode, T, args, device):
     config = GPTConfig(block_size=T, vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd, dropout=0.0, attn=variant, fused=mode != "eager")
     model = GPT(config).to(device)
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95))
     runner = torch.compile(model, dynamic=False) if mode == "compile" else model
     return model, runner, optimizer
 
@@ -146,8 +146,8 @@ def bench_mode(T, mode, x, y, args, device, ctx):
             rec[f"{kind}_ms"] = 1e3 * dt
             rec[f"{kind}_tok_s"] = args.batch_size * T / dt
             rec[f"{kind}_mem_mib"] = mem[kind] / 2**20
-        # MFU against an H100's bf16 peak (model.estimate_mfu); it means nothing for an fp32 CPU run
-        rec["mfu"] = run["model"].estimate_mfu(args.batch_size, rec["train_ms"] / 1e3) if device.type == "cuda" else None
+        peak = args.peak_flops
+        rec["mfu"] = run["model"].estimate_mfu(args.batch_size, rec["train_ms"] / 1e3, peak) if peak else None
     return [run["rec"] for run in runs]
 
 
@@ -240,24 +240,25 @@ def step_breakdown(cfgs, vocab_size, rounds):
     for cfg in cfgs:
         torch.manual_seed(cfg.seed)
         model = GPT(cfg.gpt_config(vocab_size)).to(cfg.device)
-        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.device)
+        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
         x, y = (torch.randint(0, vocab_size, (cfg.batch_size, cfg.block_size), device=cfg.device) for _ in range(2))
-        runs.append(dict(model=model, optimizer=optimizer, x=x, y=y, loss=None, forward=[], backward=[], optimizer_step=[]))
+        runs.append(dict(model=model, optimizer=optimizer, clip=cfg.grad_clip or float("inf"), x=x, y=y, loss=None,
+                         forward=[], backward=[], optimizer_step=[]))
 
     def forward(r):
         r["loss"] = r["model"](r["x"], r["y"])[1]
 
     def optimizer_step(r):
-        torch.nn.utils.clip_grad_norm_(r["model"].parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(r["model"].parameters(), r["clip"])
         r["optimizer"].step()
         r["optimizer"].zero_grad(set_to_none=True)
 
     phases = {"forward": forward, "backward": lambda r: r["loss"].backward(), "optimizer_step": optimizer_step}
-    for i in range(rounds + 2):  # two untimed rounds first
+    for i in range(rounds + 1):  # an untimed round first
         for cfg, r in list(zip(cfgs, runs))[i % len(runs):] + list(zip(cfgs, runs))[:i % len(runs)]:
             for name, fn in phases.items():
                 dt = measure(lambda: fn(r), torch.device(cfg.device))
-                if i >= 2:
+                if i >= 1:
                     r[name].append(dt)
     return [{name: 1e3 * statistics.median(r[name]) for name in phases} for r in runs]
 
@@ -281,18 +282,21 @@ def time_to_loss(args):
             result = train(cfg)
             with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
                 evals = [row for row in map(json.loads, f) if "val_loss" in row]
+            evals = [{k: row[k] for k in ("iter", "val_loss", "time_s")} for row in evals]
             runs.append(dict(config=args.baseline if i == 0 else args.config, attn=cfg.attn, iters=result["iter_num"],
                              wall_s=result["elapsed_s"], val_loss=result["val_loss"], evals=evals,
                              eval_ms=1e3 * result["eval_s"] / result["iter_num"], log_ms=1e3 * result["log_s"] / result["iter_num"]))
         _, meta = find_data(cfgs[0].data_dir, cfgs[0].dataset, cfgs[0].block_size)
     target = runs[0]["val_loss"]
-    for run in runs:
-        hit = next((row for row in run["evals"] if row["val_loss"] <= target), None)
-        run.update(target=target, reached_iter=hit and hit["iter"], reached_s=hit and hit["time_s"])
-        run["vs_baseline"] = hit and hit["time_s"] / runs[0]["reached_s"]
     for run, ms in zip(runs, step_breakdown(cfgs, meta["vocab_size"] if meta else 50304, args.iters)):
-        run.update({f"{name}_ms": value for name, value in ms.items()})
-        del run["evals"]
+        hit = next((row for row in run["evals"] if row["val_loss"] <= target), None)
+        run.update(target=target, reached_iter=hit["iter"] if hit else None, reached_s=hit["time_s"] if hit else None,
+                   step_ms=sum(ms.values()), **{f"{name}_ms": value for name, value in ms.items()})
+    base = runs[0]  # reaches its own final loss, at the end or before
+    for run in runs:  # x (steps): the ratio from iterations and interleaved step times, which load from elsewhere spares
+        hit = run["reached_iter"] is not None
+        run["vs_baseline"] = run["reached_s"] / base["reached_s"] if hit else None
+        run["vs_baseline_steps"] = run["reached_iter"] * run["step_ms"] / (base["reached_iter"] * base["step_ms"]) if hit else None
     return runs
 
 
@@ -300,11 +304,15 @@ def format_time_to_loss(runs):
     def f(value, spec):
         return "-" if value is None else format(value, spec)
 
-    lines = [f"{'run':<44}{'iters':>6}{'wall s':>8}{'val loss':>10}{'target at iter':>16}{'after s':>9}{'x baseline':>12}"]
+    lines = [f"{'run':<44}{'iters':>6}{'wall s':>8}{'val loss':>10}{'target at iter':>16}{'after s':>9}{'x baseline':>12}"
+             f"{'x (steps)':>11}"]
     for run in runs:
         lines.append(f"{run['config'] + ' attn=' + run['attn']:<44}{run['iters']:>6}{run['wall_s']:>8.1f}{run['val_loss']:>10.4f}"
-                     f"{f(run['reached_iter'], 'd'):>16}{f(run['reached_s'], '.1f'):>9}{f(run['vs_baseline'], '.2f'):>12}")
-    lines += ["", "ms per iteration: forward, backward, optimizer step (median of interleaved steps), eval, logging (the run's)"]
+                     f"{f(run['reached_iter'], 'd'):>16}{f(run['reached_s'], '.1f'):>9}{f(run['vs_baseline'], '.2f'):>12}"
+                     f"{f(run['vs_baseline_steps'], '.2f'):>11}")
+    lines += ["x baseline: wall seconds to the target / the baseline's; x (steps): iterations to the target x the "
+              "interleaved step time below, / the baseline's (steadier when the machine is shared)",
+              "", "ms per iteration: forward, backward, optimizer step (median of interleaved steps), eval, logging (the run's)"]
     for run in runs:
         lines.append(f"{run['config'] + ' attn=' + run['attn']:<44}" + "".join(
             f"{run[k + '_ms']:>10.2f}" for k in ("forward", "backward", "optimizer_step", "eval", "log")))
@@ -384,9 +392,13 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as in training; bf16 autocast covers most matmuls anyway
         torch.backends.cudnn.allow_tf32 = True
-        where = f"{torch.cuda.get_device_name(device)}, bf16 autocast"
+        name = torch.cuda.get_device_name(device)
+        args.peak_flops = peak_flops(name, "bfloat16")
+        known = f"MFU against {args.peak_flops / 1e12:.0f} TFLOP/s" if args.peak_flops else "MFU: - (add its peak to model.PEAK_FLOPS)"
+        where = f"{name}, bf16 autocast, {known}"
     else:
-        where = f"cpu, {torch.get_num_threads()} threads, fp32"
+        args.peak_flops = None  # no MFU on CPU
+        where = f"{cpu_name()}, {torch.get_num_threads()} threads, fp32"
     print(f"{where}, torch {torch.__version__}; n_layer={args.n_layer} n_head={args.n_head} n_embd={args.n_embd} "
           f"vocab_size={args.vocab_size} batch_size={args.batch_size}; median of {args.iters} interleaved rounds")
     records = bench(args)

@@ -497,7 +497,7 @@ def test_too_long_input_is_a_clear_error():
 def test_loss_decreases(attn):
     model = make_model(attn).train()
     x = torch.arange(16).repeat(4, 1) % 5  # a periodic sequence: easy to learn
-    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cpu")
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99))
     losses = []
     for _ in range(30):
         _, loss = model(x[:, :-1], x[:, 1:])

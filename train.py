@@ -309,7 +309,7 @@ def _train(cfg, device, ddp):
     model.to(device)
     teacher = load_teacher(cfg, meta, vocab_size, device) if cfg.loss == "kd" else None
 
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
     if cfg.init_from == "resume":
         optimizer.load_state_dict(ckpt["optimizer"])
         rng = ckpt["rng"][rank]
