@@ -201,16 +201,16 @@ def positive(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N (default: cuda if present, else cpu)")
     p.add_argument("--variants", type=csv_list(str, ATTN_VARIANTS), default=list(ATTN_VARIANTS),
-                   help=f"comma-separated, from {','.join(ATTN_VARIANTS)}; softmax is always added (the ratios' reference)")
+                   help=f"comma-separated, from {','.join(ATTN_VARIANTS)} (default: all); softmax is always added (the ratios' reference)")
     p.add_argument("--seq_lens", type=csv_list(int), help="comma-separated; default 256,1024,2048 on CUDA, 256,1024 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="also time torch.compile of the fused model (default: on CUDA only)")
     for name in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size"):
-        p.add_argument(f"--{name}", type=positive, help="default: GPT-2 small's on CUDA, a small model on CPU")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model before the rounds")
-    p.add_argument("--iters", type=positive, default=10, help="timed rounds; each times one step of every variant")
-    p.add_argument("--seed", type=int, default=1337)
+        p.add_argument(f"--{name}", type=positive, help=f"default: {DEFAULTS['cuda'][name]} on CUDA (GPT-2 small), {DEFAULTS['cpu'][name]} on CPU")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model before the rounds (default: 2)")
+    p.add_argument("--iters", type=positive, default=10, help="timed rounds; each times one step of every variant (default: 10)")
+    p.add_argument("--seed", type=int, default=1337, help="default: 1337")
     p.add_argument("--out", help="also write the results as JSON to this file")
     args = p.parse_args(argv)
     try:

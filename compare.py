@@ -9,8 +9,9 @@ early steps (Table 4) and gradient-norm spikes above median + k * MAD (Table 5).
 
 Students of one seed start from the same seed and draw the same batches in the same order (train.py's batch
 sampler has its own generator, seeded by seed alone). A finished teacher of the same settings in
-out_dir/teacher is reused. Writes out_dir/results.md and out_dir/results.json; every run's own out_dir
-(metrics.jsonl, ckpt.pt) stays for analyze.py.
+out_dir/teacher is reused; runs already in out_dir are trained again only with --overwrite=True. Writes
+out_dir/results.md and out_dir/results.json; every run's own out_dir (metrics.jsonl, ckpt.pt, best.pt)
+stays for analyze.py.
 """
 
 import json
@@ -26,7 +27,7 @@ import torch
 
 from analyze import grad_norm_stats, spike_count
 from model import ATTN_VARIANTS, param_overhead
-from common import ConfigError, check_types, load_config
+from common import RUN_FILES, CheckpointError, ConfigError, check_types, load_config, read_checkpoint, read_jsonl
 from train import NonFiniteLoss, TrainConfig, train
 
 
@@ -45,6 +46,7 @@ class CompareConfig:
     early_steps: int = 500  # Tables 4-5 look at the gradient norms of the steps before this (0-499)
     data_dir: str = ""  # for teacher and students; "" keeps their configs' data
     device: str = ""  # for teacher and students; "" keeps their configs' device
+    overwrite: bool = False  # True: train again the runs already in out_dir (the teacher only if it is not reusable)
 
     def __post_init__(self):
         check_types(self)
@@ -86,8 +88,10 @@ def finished_teacher(cfg):
     path = os.path.join(cfg.out_dir, "ckpt.pt")
     if not os.path.isfile(path):
         return f"no {path}"
-    ckpt = torch.load(path, map_location="cpu")
-    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {v!r}" for k, v in asdict(cfg).items() if ckpt["config"].get(k) != v]
+    ckpt = read_checkpoint(path)
+    # overwrite says what a run may replace, not how it trains
+    changed = [f"{k}: {ckpt['config'].get(k)!r} -> {v!r}" for k, v in asdict(cfg).items()
+               if ckpt["config"].get(k) != v and k != "overwrite"]
     if changed:
         return f"{path} has other settings ({'; '.join(changed)})"
     if ckpt["iter_num"] != cfg.max_iters:
@@ -95,10 +99,13 @@ def finished_teacher(cfg):
     return None
 
 
+def holds_run(out_dir):
+    return any(os.path.exists(os.path.join(out_dir, f)) for f in RUN_FILES)
+
+
 def read_metrics(out_dir):
     """(step rows, evaluation rows) of a run's metrics.jsonl."""
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_jsonl(os.path.join(out_dir, "metrics.jsonl"))
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
 
@@ -162,6 +169,7 @@ def compare(cfg):
     t0 = time.time()
     common = {k: v for k, v in (("data_dir", cfg.data_dir), ("device", cfg.device)) if v}
     teacher_dir = os.path.join(cfg.out_dir, "teacher")
+    common["overwrite"] = cfg.overwrite
     teacher = run_config(cfg.teacher_config, cfg.teacher_iters, out_dir=teacher_dir, loss="ce", teacher="", **common)
     # every student's settings before any training, so a bad one stops the comparison before it starts;
     # log_interval=1: Tables 4-5 need every early gradient norm
@@ -176,6 +184,11 @@ def compare(cfg):
         raise ConfigError(f"the students' max_iters={student.max_iters} must be at least 1: the table is made of their steps")
 
     why_not = finished_teacher(teacher)
+    replaced = [f"{teacher_dir} ({why_not})"] if why_not is not None and holds_run(teacher_dir) else []
+    replaced += [s.out_dir for s in students.values() if holds_run(s.out_dir)]
+    if replaced and not cfg.overwrite:
+        raise ConfigError(f"this comparison would replace runs already in out_dir={cfg.out_dir!r}: {', '.join(replaced)}; "
+                          f"pass --overwrite=True to train them again, or choose another out_dir")
     if why_not is None:
         print(f"reusing the finished teacher in {teacher_dir}")
     else:
@@ -223,5 +236,5 @@ def compare(cfg):
 if __name__ == "__main__":
     try:
         compare(load_config(sys.argv[1:], CompareConfig))
-    except (ConfigError, NonFiniteLoss) as e:
+    except (ConfigError, NonFiniteLoss, CheckpointError) as e:
         sys.exit(f"{type(e).__name__}: {e}")

@@ -905,7 +905,7 @@ def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
         with pytest.raises(SystemExit):
             analyze.main(base + extra)
         assert words in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="--data_dir"):
+    with pytest.raises(ConfigError, match="--data_dir"):
         analyze.main(["--ckpt", str(path), "--data_dir", str(tmp_path / "nowhere")])
 
 
@@ -1035,7 +1035,7 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     teacher_ckpt = out / "teacher" / "ckpt.pt"
     mtime = teacher_ckpt.stat().st_mtime_ns
     current.clear()
-    assert compare(cfg) == rows
+    assert compare(CompareConfig(**{**asdict(cfg), "overwrite": True})) == rows  # the students are replaced
     assert "reusing the finished teacher" in capsys.readouterr().out
     assert current[0] == "softmax-s1" and teacher_ckpt.stat().st_mtime_ns == mtime
     assert json.loads((out / "results.json").read_text())["teacher_reused"]
@@ -1070,7 +1070,7 @@ def test_a_changed_teacher_setting_is_not_reused(tmp_path):
 
 
 def test_students_without_steps_are_caught_before_any_training(tmp_path):
-    (tmp_path / "run.py").write_text("device = 'cpu'\nmax_iters = 0\n")
+    (tmp_path / "run.py").write_text("device = 'cpu'\nmax_iters = warmup_iters = 0\n")
     cfg = CompareConfig(out_dir=str(tmp_path / "cmp"), teacher_config=str(tmp_path / "run.py"),
                         student_config=str(tmp_path / "run.py"), data_dir=str(tmp_path / "no-data"))
     with pytest.raises(ConfigError, match="max_iters=0 must be at least 1"):
