@@ -358,7 +358,8 @@ def save_checkpoint(ckpt, path):
 
 
 def first_line(error):
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+    """An exception's type and first sentence: the gist of library messages that run over several."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
 
 
 def read_checkpoint(path):

@@ -27,7 +27,7 @@ import torch
 
 from analyze import grad_norm_stats, spike_count
 from model import ATTN_VARIANTS, param_overhead
-from common import RUN_FILES, CheckpointError, ConfigError, check_types, load_config, read_checkpoint, read_jsonl
+from common import RUN_FILES, CheckpointError, ConfigError, check_device, check_types, load_config, read_checkpoint, read_jsonl
 from train import NonFiniteLoss, TrainConfig, train
 
 
@@ -180,6 +180,8 @@ def compare(cfg):
                                                  teacher=teacher_dir, log_interval=1,
                                                  out_dir=os.path.join(cfg.out_dir, f"{variant}-s{seed}"), **common)
     student = students[variant, seed]  # any one: the students differ only in attn, seed and out_dir
+    for run in (teacher, student):
+        check_device(run.device)
     if student.max_iters < 1:
         raise ConfigError(f"the students' max_iters={student.max_iters} must be at least 1: the table is made of their steps")
 
