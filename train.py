@@ -324,21 +324,11 @@ def _train(cfg, device, ddp):
     compiled = torch.compile(model) if cfg.compile else model
     if cfg.compile and teacher is not None:
         teacher = torch.compile(teacher)
-    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch: every
-    # micro-step's forward adds its batch mean to alpha_sum, and before the update the sums of all ranks are
-    # added up. All ranks start from the same alpha_ma and apply the same update, so they stay equal without
-    # DDP's broadcast of rank 0's buffers (off: it would overwrite the other ranks' sums).
+    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
+    # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
+    # buffers, which is off: it would overwrite the other ranks' gathered means of alpha.
     runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
                  broadcast_buffers=False) if ddp else compiled
-    affine_layers = [block.attn for block in model.transformer.h if block.attn.affine]
-
-    def update_alpha_ma():
-        if ddp and affine_layers:
-            sums = torch.stack([torch.cat([a.alpha_sum, a.alpha_count.view(1)]) for a in affine_layers])
-            dist.all_reduce(sums)
-            for a, s in zip(affine_layers, sums):
-                a.alpha_sum, a.alpha_count = s[:-1].clone(), s[-1].clone()
-        model.update_alpha_ma()
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
@@ -425,7 +415,7 @@ def _train(cfg, device, ddp):
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        update_alpha_ma()
+        model.update_alpha_ma(ddp)
         pending.append((iter_num, total))
 
         if iter_num % cfg.log_interval == 0:
