@@ -407,7 +407,7 @@ def load_pretrained(name, setting):
                           f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
     try:
         return GPT.from_pretrained(name)
-    except OSError as e:  # transformers: not in the cache (offline), or files missing in the directory
+    except (OSError, ValueError) as e:  # not in the cache (offline), files missing, a model model.py does not have
         hint = " (HF_HUB_OFFLINE is set: is it in the Hugging Face cache?)" if hub_offline() and not os.path.isdir(name) else ""
         raise ConfigError(f"{setting}={name!r} could not be loaded as a Hugging Face model{hint}: {first_line(e)}") from None
 
