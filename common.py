@@ -94,13 +94,14 @@ def settings_help(cls):
     lines = [f"usage: python {os.path.basename(module.__file__)} [config_file.py ...] [--key=value ...]", "",
              (module.__doc__ or "").strip(), "", "settings, with their defaults:"]
     in_field = {row for node in fields.values() for row in range(node.lineno, node.end_lineno + 1)}
+    headings = {row for row in comments if row not in in_field and row < end}
     for row in range(1, end):
         if row in fields:
             node = fields[row]
             comment = " ".join(comments[r] for r in range(node.lineno, node.end_lineno + 1) if r in comments)
             lines.append(f"  {defaults[node.target.id]:<{width}}{comment}".rstrip())
-        elif row in comments and row not in in_field:
-            lines += [comments[row]] if row - 1 in comments and row - 1 not in in_field else ["", comments[row]]
+        elif row in headings:  # a blank line before each heading; consecutive comment lines are one paragraph
+            lines += [comments[row]] if row - 1 in headings else ["", comments[row]]
     return "\n".join(lines)
 
 

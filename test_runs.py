@@ -454,3 +454,11 @@ def test_compare_refuses_to_replace_earlier_runs_before_training(tmp_path, monke
     with pytest.raises(ConfigError, match=f"this comparison would replace runs already in out_dir='{tmp_path / 'cmp'}': "
                                           f"{tmp_path / 'cmp' / 'affine-s1'}; pass --overwrite=True to train them again"):
         compare(cfg)
+
+
+def test_a_directory_that_is_no_usable_hugging_face_model_is_one_clear_error(tmp_path):
+    pytest.importorskip("transformers")
+    (tmp_path / "weightless").mkdir()
+    (tmp_path / "weightless" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))  # no weights
+    with pytest.raises(ConfigError, match=f"teacher='{tmp_path / 'weightless'}' could not be loaded as a Hugging Face model: OSError: "):
+        load_model(str(tmp_path / "weightless"), setting="teacher")

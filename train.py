@@ -232,7 +232,7 @@ def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
     """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer must be
     the checkpoint's. A difference is an error naming both values, never ignored or mixed into the run.
     fused may differ: both paths compute the same function."""
-    was = {**ckpt["config"], **ckpt["model_args"]}
+    was = ckpt["config"]  # the settings as given: model_args resolves some (n_kv_head=0 is n_head)
     changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + ("dataset", "data_dir")
                if k != "fused" and was.get(k) != getattr(cfg, k)]
     if changed:
