@@ -127,22 +127,25 @@ PAIRS = [("what sat on the", " mat"), ("", "hello"), ("abc ", "de"), ("the cat s
          ("q", "a long answer."), ("x", "y")]
 
 
-@pytest.mark.parametrize("attn", ATTN_VARIANTS)
-def test_loglikelihood_and_rolling_match_a_direct_computation(attn):
-    model = make_model(attn, vocab_size=len(CHARS))
-    alpha_ma = [b.clone() for n, b in model.named_buffers() if n.endswith("alpha_ma")]
+LLAMA_BLOCK = dict(pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, bias=False, tie_embeddings=False)
+
+
+@pytest.mark.parametrize("attn, block", [(a, {}) for a in ATTN_VARIANTS] + [("affine", LLAMA_BLOCK), ("softmax", LLAMA_BLOCK)])
+def test_loglikelihood_and_rolling_match_a_direct_computation(attn, block):
+    model = make_model(attn, vocab_size=len(CHARS), **block)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # alpha_ma, and the batch means of alpha
     lm = GPTLM(model.train(), META, batch_size=4)  # 6 pairs: batches of 4 and 2, padded, longest first
     got = lm.loglikelihood(requests("loglikelihood", PAIRS), disable_tqdm=True)
     reference = eager(model)
     want = [direct_loglikelihood(reference, c, x) for c, x in PAIRS]
     errors = [abs(g - w) for (g, _), w in zip(got, want)]
-    print(f"{attn}: max |loglikelihood - direct| = {max(errors):.2e}")
+    print(f"{attn} {block}: max |loglikelihood - direct| = {max(errors):.2e}")
     assert max(errors) < 1e-4
     rolling = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(t,) for t in PPL_DOCS]), disable_tqdm=True)
     assert rolling == pytest.approx([direct_rolling(reference, t) for t in PPL_DOCS], abs=1e-4)
-    # the model ran in eval mode: alpha_ma (Eq. 9) did not move
+    # the model ran in eval mode: alpha_ma (Eq. 9) did not move, nor did anything accumulate for its next update
     assert not model.training
-    assert all(torch.equal(a, b) for a, b in zip(alpha_ma, [b for n, b in model.named_buffers() if n.endswith("alpha_ma")]))
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
 
 
 def test_is_greedy_and_generate_until_are_greedy_decoding():
@@ -175,7 +178,7 @@ def test_local_tasks_through_simple_evaluate_equal_accuracy_and_perplexity_by_ha
         ll = np.array([direct_loglikelihood(reference, doc["question"] + "?\nanswer:", " " + c) for c in doc["choices"]])
         acc.append(ll.argmax() == doc["label"])
         acc_norm.append((ll / [len(c) for c in doc["choices"]]).argmax() == doc["label"])
-    print(f"local_mc: acc {np.mean(acc):.4f}, acc_norm {np.mean(acc_norm):.4f} (random 0.3-dim model)")
+    print(f"local_mc: acc {np.mean(acc):.4f}, acc_norm {np.mean(acc_norm):.4f} (a random tiny model)")
     assert results["local_mc"]["acc,none"] == pytest.approx(np.mean(acc))
     assert results["local_mc"]["acc_norm,none"] == pytest.approx(np.mean(acc_norm))
     # word perplexity and bits per byte by hand, from the direct rolling loglikelihoods
