@@ -156,14 +156,24 @@ def find_data(data_dir, dataset, block_size):
         known = sorted(d for d in os.listdir(DATA_ROOT) if os.path.isfile(os.path.join(DATA_ROOT, d, "prepare.py")))
         raise ConfigError(f"unknown dataset={dataset!r}; allowed: {', '.join(known)} (or set data_dir)")
     for split in ("train", "val"):
-        n = len(np.memmap(os.path.join(folder, f"{split}.bin"), dtype=np.uint16, mode="r"))
+        n = len(read_tokens(folder, split))
         if n <= block_size:
             raise ConfigError(f"{split}.bin in {folder} holds {n} tokens, too few for block_size={block_size}")
-    meta = None
-    if os.path.isfile(os.path.join(folder, "meta.pkl")):
-        with open(os.path.join(folder, "meta.pkl"), "rb") as f:
-            meta = pickle.load(f)
-    return folder, meta
+    return folder, read_meta(folder)
+
+
+def read_tokens(folder, split):
+    """The token ids of folder/<split>.bin, as a read-only memmap."""
+    return np.memmap(os.path.join(folder, f"{split}.bin"), dtype=np.uint16, mode="r")
+
+
+def read_meta(folder):
+    """folder/meta.pkl's dict, or None if there is none (GPT-2 BPE data, as in nanoGPT)."""
+    path = os.path.join(folder, "meta.pkl")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return pickle.load(f)
 
 
 def prepare_default_data(dataset, data_dir):
@@ -224,7 +234,7 @@ def describe_tokenizer(meta):
     return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
 
 
-def tiktoken_encoding(*names):
+def load_tiktoken(*names):
     """The first of these tiktoken encodings that loads. tiktoken downloads an encoding's files once and
     keeps them in TIKTOKEN_CACHE_DIR; offline without them, say so instead of a network traceback."""
     import tiktoken
@@ -244,7 +254,7 @@ def tiktoken_encoding(*names):
 def gpt2_encoding():
     """tiktoken's GPT-2 BPE. "gpt2" downloads its files; "r50k_base" has the same token ids and also
     loads offline from a TIKTOKEN_CACHE_DIR holding its ranks file."""
-    return tiktoken_encoding("gpt2", "r50k_base")
+    return load_tiktoken("gpt2", "r50k_base")
 
 
 def get_tokenizer(meta):
@@ -259,9 +269,21 @@ def get_tokenizer(meta):
             return [stoi[c] for c in text]
 
         return encode, lambda ids: "".join(itos[i] for i in ids)
-    name = "gpt2" if meta is None else meta["encoding"]
-    enc = gpt2_encoding() if name in GPT2_ENCODINGS else tiktoken_encoding(name)
+    enc = tiktoken_encoding(meta)
     return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
+
+
+def tiktoken_encoding(meta):
+    name = "gpt2" if meta is None else meta["encoding"]
+    return gpt2_encoding() if name in GPT2_ENCODINGS else load_tiktoken(name)
+
+
+def eot_token(meta):
+    """The id of the token that separates documents (tiktoken's <|endoftext|>, which data/fineweb_edu puts
+    before every document), or None: character-level data has no such token."""
+    if meta is not None and "stoi" in meta:
+        return None
+    return tiktoken_encoding(meta).eot_token
 
 
 # --------------------------------------------------------------------------------------------------

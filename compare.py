@@ -2,10 +2,13 @@
 The paper's comparison at small scale: train a softmax teacher by cross-entropy once, then distil a
 student of every attention variant from it, for several seeds, and tabulate what the paper reports:
 Delta-Params and loss (Tables 1-2), validation loss and perplexity, gradient-norm statistics over the
-early steps (Table 4) and gradient-norm spikes above median + k * MAD (Table 5).
+early steps (Table 4) and gradient-norm spikes above median + k * MAD (Table 5). With eval_ppl_windows or
+eval_tasks, also eval.py's columns of Tables 1-2 for every student: perplexity on its val data, zero-shot tasks
+and their average.
 
     python compare.py config/compare_shakespeare_char.py        # about 20 minutes on 2 CPU cores
     python compare.py config/compare_shakespeare_char.py --seeds=1,2,3 --student_iters=2000
+    python compare.py config/compare_shakespeare_char.py --eval_ppl_windows=256 --eval_tasks=my_task --eval_include_path=tasks
 
 Students of one seed start from the same seed and draw the same batches in the same order (train.py's batch
 sampler has its own generator, seeded by seed alone). A finished teacher of the same settings in
@@ -27,7 +30,9 @@ import torch
 
 from analyze import grad_norm_stats, spike_count
 from model import ATTN_VARIANTS, param_overhead
-from common import RUN_FILES, CheckpointError, ConfigError, check_device, check_types, load_config, read_checkpoint, read_jsonl
+from common import (RUN_FILES, CheckpointError, ConfigError, check_device, check_types, find_data, load_config,
+                    read_checkpoint, read_jsonl)
+from eval import EvalConfig, check_tasks, evaluate
 from train import NonFiniteLoss, TrainConfig, train
 
 
@@ -49,6 +54,11 @@ class CompareConfig:
     data_dir: str = ""  # for teacher and students; "" keeps their configs' data
     device: str = ""  # for teacher and students; "" keeps their configs' device
     overwrite: bool = False  # True: train again the runs already in out_dir (the teacher only if it is not reusable)
+    # eval.py's columns for every student; off by default
+    eval_ppl_windows: int = 0  # perplexity on the students' val.bin over this many windows; 0: no PPL column
+    eval_tasks: str = ""  # harness task names or YAML paths, comma-separated; "" for none
+    eval_include_path: str = ""  # a folder of task YAMLs, as eval.py's include_path
+    eval_limit: int = 0  # documents per task, 0 for all
 
     def __post_init__(self):
         check_types(self)
@@ -69,6 +79,8 @@ class CompareConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative (0 keeps the config's max_iters)")
         if self.early_steps < 1:
             raise ConfigError(f"early_steps={self.early_steps} must be at least 1")
+        if self.eval_ppl_windows < 0:
+            raise ConfigError(f"eval_ppl_windows={self.eval_ppl_windows} must not be negative (0: no perplexity)")
 
     def variant_list(self):
         return [v.strip() for v in self.variants.split(",") if v.strip()]
@@ -83,6 +95,14 @@ def run_config(spec, iters, **settings):
     if iters:
         settings.update(max_iters=iters, lr_decay_iters=iters)
     return replace(cfg, **settings)
+
+
+def eval_config(cfg, student):
+    """eval.py's settings for a student: perplexity on its val data, cfg's tasks."""
+    data_dir = find_data(student.data_dir, student.dataset, student.block_size)[0] if cfg.eval_ppl_windows else ""
+    return EvalConfig(init_from=student.out_dir, tasks=cfg.eval_tasks, include_path=cfg.eval_include_path,
+                      limit=cfg.eval_limit, ppl_data_dir=data_dir, ppl_windows=max(cfg.eval_ppl_windows, 1),
+                      device=student.device, dtype=student.dtype)
 
 
 def finished_teacher(cfg):
@@ -112,11 +132,13 @@ def read_metrics(out_dir):
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
 
-def table_rows(runs, delta_params, early_steps, last=50):
+def table_rows(runs, delta_params, early_steps, last=50, scores=None):
     """runs: {variant: [(step rows, eval rows) of each seed]}. One dict per variant: the mean and standard
     deviation (ddof=0) over seeds of the final losses (train: the mean of the last `last` logged steps of the
-    objective, its KD part -- the paper's "Loss" -- and its CE part; val: the cross-entropy of the last evaluation), the seeds' mean of Tables 4-5's gradient statistics over the steps with iter < early_steps,
-    and under "by_seed" every seed's own value of each."""
+    objective, its KD part -- the paper's "Loss" -- and its CE part; val: the cross-entropy of the last evaluation),
+    the seeds' mean of Tables 4-5's gradient statistics over the steps with iter < early_steps, and under "by_seed"
+    every seed's own value of each. scores: {variant: [eval.py's columns of each seed]}; their mean and std over
+    seeds go under "eval"."""
     rows = []
     for variant, seeds in runs.items():
         by_seed = {k: [] for k in ("train_loss", "train_kd", "train_ce", "val_loss", "val_ppl",
@@ -137,20 +159,27 @@ def table_rows(runs, delta_params, early_steps, last=50):
             row[key], row[key + "_std"] = float(np.mean(by_seed[key])), float(np.std(by_seed[key]))
         for key in ("grad_mean", "grad_std", "grad_var", "grad_cv", "spikes_k6", "spikes_k9"):
             row[key] = float(np.mean(by_seed[key]))
+        if scores:
+            columns = scores[variant]
+            row["eval"] = {k: (float(np.mean([c[k] for c in columns])), float(np.std([c[k] for c in columns]))) for k in columns[0]}
+            by_seed["eval"] = columns
         row["by_seed"] = by_seed
         rows.append(row)
     return rows
 
 
 def markdown(rows, header):
+    evals = list(rows[0].get("eval", {}))  # eval.py's columns: PPL, the tasks, Avg
     lines = header + ["",
-        "| variant | Delta-Params | KD loss (train) | CE (train) | val CE | val ppl | grad mean | grad std | grad var | grad CV | spikes k=6 | spikes k=9 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        "| variant | Delta-Params | KD loss (train) | CE (train) | val CE | val ppl | grad mean | grad std | grad var | grad CV | spikes k=6 | spikes k=9 |"
+        + "".join(f" {k} |" for k in evals),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(evals)]
     for r in rows:
         pm = lambda key, fmt: f"{r[key]:{fmt}} +- {r[key + '_std']:{fmt}}"
         lines.append(f"| {r['variant']} | {r['delta_params']:,} | {pm('train_kd', '.4f')} | {pm('train_ce', '.4f')} | "
                      f"{pm('val_loss', '.4f')} | {pm('val_ppl', '.3f')} | {r['grad_mean']:.3f} | {r['grad_std']:.3f} | "
-                     f"{r['grad_var']:.4f} | {r['grad_cv']:.3f} | {r['spikes_k6']:.1f} | {r['spikes_k9']:.1f} |")
+                     f"{r['grad_var']:.4f} | {r['grad_cv']:.3f} | {r['spikes_k6']:.1f} | {r['spikes_k9']:.1f} |"
+                     + "".join(f" {r['eval'][k][0]:.2f} +- {r['eval'][k][1]:.2f} |" for k in evals))
     if len(rows) > 1:
         best, runner_up = sorted(rows, key=lambda r: r["val_loss"])[:2]
         gap = runner_up["val_loss"] - best["val_loss"]
@@ -189,6 +218,9 @@ def compare(cfg):
         check_device(run.device)
     if student.max_iters < 1:
         raise ConfigError(f"the students' max_iters={student.max_iters} must be at least 1: the table is made of their steps")
+    evaluating = bool(cfg.eval_ppl_windows or cfg.eval_tasks)
+    if cfg.eval_tasks:
+        check_tasks(eval_config(cfg, student))  # a misspelt task stops the comparison before any training
 
     why_not = finished_teacher(teacher)
     replaced = [f"{teacher_dir} ({why_not})"] if why_not is not None and holds_run(teacher_dir) else []
@@ -203,14 +235,18 @@ def compare(cfg):
         train(teacher)
 
     runs = {variant: [] for variant in cfg.variant_list()}
+    scores = {variant: [] for variant in cfg.variant_list()}
     for (variant, seed), student in students.items():
         print(f"distilling {variant}, seed {seed}, into {student.out_dir}")
         train(student)
         runs[variant].append(read_metrics(student.out_dir))
+        if evaluating:
+            result = evaluate(eval_config(cfg, student))
+            scores[variant].append(result["columns"])
     # Delta-Params depends on the shape and the variant only, not on the vocabulary
     delta_params = {v: param_overhead(students[v, seed].gpt_config(vocab_size=1))[1] for v in runs}
     early = min(cfg.early_steps, student.max_iters)
-    rows = table_rows(runs, delta_params, early)
+    rows = table_rows(runs, delta_params, early, scores=scores if evaluating else None)
 
     minutes = (time.time() - t0) / 60
     made = f"{teacher.max_iters} iters (CE), " + ("reused from an earlier run" if why_not is None else "trained in this run")
@@ -230,6 +266,11 @@ def compare(cfg):
               "",
               f"Measured on {hardware(student.device)}: {minutes:.1f} minutes in all"
               + ("." if why_not is not None else ", the teacher's training not included.")]
+    if evaluating:
+        ppl = f"PPL: {cfg.eval_ppl_windows} random windows of {student.block_size} tokens of the val data, seed 0; " if cfg.eval_ppl_windows else ""
+        header += ["", f"eval.py on every student's last checkpoint, mean +- std over seeds. {ppl}"
+                   + "".join(f"{task}: {metric}, " for task, metric in result["metric"].items())
+                   + (f"at most {cfg.eval_limit} documents per task." if cfg.eval_limit else "all documents.")]
     text = markdown(rows, header)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:

@@ -18,6 +18,7 @@ import compare as compare_module
 import train as train_module
 from common import CheckpointError, ConfigError, load_config, load_model, read_checkpoint, read_jsonl
 from compare import CompareConfig, compare
+from eval import EvalConfig, evaluate
 from sample import SampleConfig, sample
 from test_model import make_char_data, tiny
 from train import TrainConfig, train
@@ -326,6 +327,8 @@ def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys):
         compare(CompareConfig(out_dir=str(tmp_path / "cmp"), device="cuda", data_dir=str(tmp_path / "data")))
     with pytest.raises(ConfigError, match=message):
         analyze.main(["--ckpt", str(tmp_path / "out"), "--device", "cuda"])
+    with pytest.raises(ConfigError, match=message):
+        evaluate(EvalConfig(init_from=str(tmp_path / "out"), device="cuda", tasks=""))
     with pytest.raises(ConfigError, match="device='cuda:x' but this machine has CUDA devices|no CUDA GPU"):
         train(tiny(tmp_path, "other", device="cuda:x"))
 
@@ -380,16 +383,19 @@ def test_analyze_settings_out_of_range(argv, message, capsys):
     ("sample.py", ["  --temperature=0.8     < 1 sharpens the distribution, > 1 flattens it"]),
     ("compare.py", ["\ntrain.py arguments of the teacher and of the students: a config file, maybe followed by --key=value\n"
                     "overrides, as on train.py's command line.", "  --seeds='1,2'  ", "  comma-separated\n"]),
+    ("eval.py", ["  --num_fewshot=0  ", "  the paper: zero-shot\n"]),
     ("analyze.py", ["validation sequences (default: 10, as the paper)"]),
     ("bench.py", ["(default: 10)"]),
 ])
 def test_every_script_explains_itself(script, lines):
-    """-X importtime lists every module imported: --help must not pull in the optional heavy packages."""
+    """-X importtime lists every module imported: --help must not pull in the optional heavy packages (eval.py
+    and compare.py, which imports it, subclass lm-eval's model class when lm-eval is there)."""
     done = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert all(line in done.stdout for line in lines), done.stdout
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert not imported & {"transformers", "matplotlib", "lm_eval", "datasets", "tokenizers"}
+    heavy = {"transformers", "matplotlib", "datasets", "tokenizers"} | ({"lm_eval"} if script not in ("eval.py", "compare.py") else set())
+    assert not imported & heavy
 
 
 def test_help_lists_every_setting_with_its_comment():
