@@ -106,32 +106,33 @@ def test_best_and_last_checkpoints(tmp_path, monkeypatch, capsys):
     real_save = train_module.save_checkpoint
     monkeypatch.setattr(train_module, "save_checkpoint",
                         lambda ckpt, path: saves.append((os.path.basename(path), ckpt["iter_num"])) or real_save(ckpt, path))
-    scripted_val_losses(monkeypatch, [3.0, 2.0, 2.5, 2.8])  # iters 0, 5, 10, 15: the best is iter 5
-    train(tiny(tmp_path, data=data, max_iters=15, lr_decay_iters=15, always_save_checkpoint=False))
+    kw = dict(eval_interval=2, lr_decay_iters=6, always_save_checkpoint=False)
+    scripted_val_losses(monkeypatch, [3.0, 2.0, 2.5, 2.8])  # iters 0, 2, 4, 6: the best is iter 2
+    train(tiny(tmp_path, data=data, max_iters=6, **kw))
     # ckpt.pt when the val loss improves and at the end; best.pt when it improves
-    assert saves == [("ckpt.pt", 0), ("best.pt", 0), ("ckpt.pt", 5), ("best.pt", 5), ("ckpt.pt", 15)]
+    assert saves == [("ckpt.pt", 0), ("best.pt", 0), ("ckpt.pt", 2), ("best.pt", 2), ("ckpt.pt", 6)]
     best, last = torch.load(tmp_path / "out" / "best.pt"), torch.load(tmp_path / "out" / "ckpt.pt")
-    assert (best["iter_num"], best["val_loss"], best["best_val_loss"]) == (5, 2.0, 2.0)
-    assert (last["iter_num"], last["val_loss"], last["best_val_loss"]) == (15, 2.8, 2.0)
-    # best.pt's weights are iter 5's: the same run stopped at iter 5 (same seed, batches and schedule) ends there
+    assert (best["iter_num"], best["val_loss"], best["best_val_loss"]) == (2, 2.0, 2.0)
+    assert (last["iter_num"], last["val_loss"], last["best_val_loss"]) == (6, 2.8, 2.0)
+    # best.pt's weights are iter 2's: the same run stopped at iter 2 (same seed, batches and schedule) ends there
     scripted_val_losses(monkeypatch, [3.0, 2.0])
-    train(tiny(tmp_path, "five", data, max_iters=5, lr_decay_iters=15))
-    assert same_weights(best["model"], weights(tmp_path / "five" / "ckpt.pt"))
+    train(tiny(tmp_path, "two", data, max_iters=2, **kw))
+    assert same_weights(best["model"], weights(tmp_path / "two" / "ckpt.pt"))
     assert not same_weights(best["model"], last["model"])
     # an out_dir loads its best.pt, and says so
     capsys.readouterr()
     model, _, ckpt = load_model(str(tmp_path / "out"))
-    assert capsys.readouterr().out == f"init_from: loaded {tmp_path / 'out' / 'best.pt'} (iter 5, val loss 2.0000)\n"
+    assert capsys.readouterr().out == f"init_from: loaded {tmp_path / 'out' / 'best.pt'} (iter 2, val loss 2.0000)\n"
     assert same_weights(model.state_dict(), best["model"])
     # a resume continues the last checkpoint
-    scripted_val_losses(monkeypatch, [2.8, 2.9])
-    result = train(tiny(tmp_path, data=data, max_iters=20, lr_decay_iters=15, always_save_checkpoint=False, init_from="resume"))
-    assert result["iter_num"] == 20 and result["best_val_loss"] == 2.0
-    assert torch.load(tmp_path / "out" / "best.pt")["iter_num"] == 5
+    scripted_val_losses(monkeypatch, [2.8, 2.9])  # iters 6 (again) and 8
+    result = train(tiny(tmp_path, data=data, max_iters=8, init_from="resume", **kw))
+    assert result["iter_num"] == 8 and result["best_val_loss"] == 2.0
+    assert torch.load(tmp_path / "out" / "best.pt")["iter_num"] == 2
 
 
 def test_the_val_loss_in_best_pt_is_its_weights_own(tmp_path):
-    cfg = tiny(tmp_path, max_iters=10, always_save_checkpoint=False)
+    cfg = tiny(tmp_path, max_iters=4, eval_interval=2, always_save_checkpoint=False)
     train(cfg)
     best = torch.load(tmp_path / "out" / "best.pt")
     model, _, _ = load_model(str(tmp_path / "out"))
@@ -141,14 +142,14 @@ def test_the_val_loss_in_best_pt_is_its_weights_own(tmp_path):
 
 def test_sample_and_analyze_load_the_best_checkpoint(tmp_path, monkeypatch, capsys):
     scripted_val_losses(monkeypatch, [3.0, 2.0, 2.5])
-    train(tiny(tmp_path, always_save_checkpoint=False))
+    train(tiny(tmp_path, max_iters=4, eval_interval=2, always_save_checkpoint=False))
     best = tmp_path / "out" / "best.pt"
     capsys.readouterr()
     sample(SampleConfig(init_from=str(tmp_path / "out"), start="abc", num_samples=1, max_new_tokens=2, device="cpu"))
-    assert f"init_from: loaded {best} (iter 5, val loss 2.0000)" in capsys.readouterr().out
+    assert f"init_from: loaded {best} (iter 2, val loss 2.0000)" in capsys.readouterr().out
     analyze.main(["--ckpt", str(tmp_path / "out"), "--num_seqs=1", "--seq_len=8", "--plot_dir", str(tmp_path / "figs")])
     out = capsys.readouterr().out
-    assert f"--ckpt: loaded {best} (iter 5" in out and "grad_norm at iters < 500 (10 logged" in out  # its metrics.jsonl
+    assert f"--ckpt: loaded {best} (iter 2" in out and "grad_norm at iters < 500 (4 logged" in out  # its metrics.jsonl
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,14 +192,14 @@ def test_a_resume_may_switch_between_eager_and_fused(tmp_path):
 
 def test_a_partial_metrics_line_never_blocks_a_resume_and_the_log_equals_an_uninterrupted_run(tmp_path, capsys):
     data = make_char_data(tmp_path / "data")
-    kw = dict(max_iters=8, eval_interval=4, lr_decay_iters=8)
+    kw = dict(max_iters=4, eval_interval=2, lr_decay_iters=4)
     train(tiny(tmp_path, "whole", data, **kw))
-    train(tiny(tmp_path, "halves", data, **{**kw, "max_iters": 4}))
+    train(tiny(tmp_path, "halves", data, **{**kw, "max_iters": 2}))
     path = tmp_path / "halves" / "metrics.jsonl"
     with open(path, "a") as f:  # rows the interrupted run logged after its checkpoint, the last cut short
-        f.write(json.dumps({"iter": 5, "loss": 99.0}) + "\n" + '{"iter": 6, "lo')
+        f.write(json.dumps({"iter": 2, "loss": 99.0}) + "\n" + '{"iter": 3, "lo')
     train(tiny(tmp_path, "halves", data, **kw, init_from="resume"))
-    assert f"warning: {path} ends in a partial line (an interrupted write), dropped: '{{\"iter\": 6, \"lo'" in capsys.readouterr().err
+    assert f"warning: {path} ends in a partial line (an interrupted write), dropped: '{{\"iter\": 3, \"lo'" in capsys.readouterr().err
     whole, halves = read_jsonl(tmp_path / "whole" / "metrics.jsonl"), read_jsonl(path)
     assert [r["iter"] for r in halves] == [r["iter"] for r in whole]
     for a, b in zip(whole, halves):
