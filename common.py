@@ -414,7 +414,7 @@ def hub_reachable(timeout=5):
     """Whether the Hugging Face hub answers one request (transformers retries for minutes when it does not)."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
     except urllib.error.HTTPError:
         return True  # an answer, if not a welcome one
     except OSError:  # URLError, a timeout, no route
