@@ -1187,15 +1187,20 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     text = (out / "results.md").read_text()
     assert "2 seeds" in text and "8 iters" in text and "steps 0-7" in text and "minutes in all." in text
 
-    # a second call reuses the teacher, and the students, trained again, give the same table
+    # a second call reuses the finished teacher and students; one student made unfinished is trained again,
+    # the same as before (overwrite lets it replace the unfinished run)
     teacher_ckpt = out / "teacher" / "ckpt.pt"
     mtime = teacher_ckpt.stat().st_mtime_ns
+    ckpt = torch.load(out / "softmax-s2" / "ckpt.pt", weights_only=False)
+    torch.save({**ckpt, "iter_num": 5}, out / "softmax-s2" / "ckpt.pt")
     current.clear()
-    assert compare(CompareConfig(**{**asdict(cfg), "overwrite": True})) == rows  # the students are replaced
-    assert "reusing the finished teacher" in capsys.readouterr().out
-    assert current[0] == "softmax-s1" and teacher_ckpt.stat().st_mtime_ns == mtime
-    assert json.loads((out / "results.json").read_text())["teacher_reused"]
-    assert "the teacher's training not included" in (out / "results.md").read_text()
+    assert compare(CompareConfig(**{**asdict(cfg), "overwrite": True})) == rows
+    printed = capsys.readouterr().out
+    assert "reusing the finished teacher" in printed and "reusing the finished student softmax, seed 1" in printed
+    assert current == ["softmax-s2"] and teacher_ckpt.stat().st_mtime_ns == mtime
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["teacher_reused"] and len(saved["students_reused"]) == 3
+    assert "the teacher's training not included; 3 of 4 students reused from an earlier call." in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -1218,10 +1223,10 @@ def test_a_changed_teacher_setting_is_not_reused(tmp_path):
         "device = 'cpu'\neval_interval, eval_iters = 5, 1\nn_layer, n_head, n_embd, block_size, batch_size = 1, 1, 8, 8, 2\n"
         "warmup_iters, max_iters, lr_decay_iters = 0, 3, 3\n")
     teacher = run_config(str(tmp_path / "teacher.py"), 0, out_dir=str(tmp_path / "t"), data_dir=data, loss="ce", teacher="")
-    assert compare_module.finished_teacher(teacher) == f"no {tmp_path / 't' / 'ckpt.pt'}"
+    assert compare_module.finished_run(teacher) == f"no {tmp_path / 't' / 'ckpt.pt'}"
     train_module.train(teacher)
-    assert compare_module.finished_teacher(teacher) is None
-    assert "n_embd: 8 -> 16" in compare_module.finished_teacher(run_config(
+    assert compare_module.finished_run(teacher) is None
+    assert "n_embd: 8 -> 16" in compare_module.finished_run(run_config(
         f"{tmp_path / 'teacher.py'} --n_embd=16", 0, out_dir=str(tmp_path / "t"), data_dir=data, loss="ce", teacher=""))
 
 
