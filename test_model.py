@@ -521,7 +521,7 @@ def test_too_long_input_is_a_clear_error():
 def test_loss_decreases(attn):
     model = make_model(attn).train()
     x = torch.arange(16).repeat(4, 1) % 5  # a periodic sequence: easy to learn
-    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99), "cpu")
+    opt = model.configure_optimizers(0.0, 1e-2, (0.9, 0.99))
     losses = []
     for _ in range(30):
         _, loss = model(x[:, :-1], x[:, 1:])
@@ -705,19 +705,21 @@ def tiny(tmp_path, name="out", data=None, **kw):
     """A 2-layer, 16-dim model on a repeating pattern: a few iterations take well under a second."""
     settings = dict(out_dir=str(tmp_path / name), data_dir=data or make_char_data(tmp_path / "data"), device="cpu",
                     n_layer=2, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=10, eval_interval=5,
-                    eval_iters=2, log_interval=1, learning_rate=1e-2, warmup_iters=0, lr_decay_iters=10, min_lr=1e-3)
+                    eval_iters=2, log_interval=1, stats_interval=1, learning_rate=1e-2, warmup_iters=0, lr_decay_iters=10, min_lr=1e-3)
     return TrainConfig(**{**settings, **kw})
 
 
 def test_ce_lowers_the_loss_and_logs_every_key(tmp_path):
-    result = train(tiny(tmp_path, attn="affine", max_iters=30, eval_interval=10, log_interval=5))
+    result = train(tiny(tmp_path, attn="affine", max_iters=30, eval_interval=10, log_interval=5, stats_interval=10))
     steps, evals = read_metrics(result["out_dir"])
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
     assert result["iter_num"] == 30 and result["val_loss"] == evals[-1]["val_loss"]
     assert [r["iter"] for r in steps] == [0, 5, 10, 15, 20, 25]
-    assert set(evals[0]) == {"iter", "train_loss", "val_loss", "val_ppl"}
-    assert set(steps[0]) == {"iter", "lr", "loss", "ce", "grad_norm", "tokens_per_s", "logit_mag", "alpha", "alpha_ma"}
-    assert len(steps[-1]["alpha"]) == len(steps[-1]["alpha_ma"]) == 2 and steps[-1]["logit_mag"] > 0
+    assert set(evals[0]) == {"iter", "train_loss", "val_loss", "val_ppl", "time_s", "eval_s"}
+    stats = {"logit_mag", "alpha", "alpha_ma"}  # every stats_interval iters only
+    assert set(steps[1]) == {"iter", "lr", "loss", "ce", "grad_norm", "tokens_per_s", "dt_ms"}
+    assert [set(r) == set(steps[1]) | stats for r in steps] == [True, False] * 3
+    assert len(steps[-2]["alpha"]) == len(steps[-2]["alpha_ma"]) == 2 and steps[-2]["logit_mag"] > 0
     ckpt = torch.load(os.path.join(result["out_dir"], "ckpt.pt"))
     assert {"model", "optimizer", "model_args", "config", "iter_num", "best_val_loss", "meta", "rng"} <= set(ckpt)
     assert ckpt["iter_num"] == 30 and ckpt["config"]["attn"] == "affine"
