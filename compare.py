@@ -11,8 +11,9 @@ and their average.
     python compare.py config/compare_shakespeare_char.py --eval_ppl_windows=256 --eval_tasks=my_task --eval_include_path=tasks
 
 Students of one seed start from the same seed and draw the same batches in the same order (train.py's batch
-sampler has its own generator, seeded by seed alone). A finished teacher of the same settings in
-out_dir/teacher is reused; runs already in out_dir are trained again only with --overwrite=True. Writes
+sampler has its own generator, seeded by seed alone). A finished run (the teacher, a student) of exactly the
+same settings is reused, so an interrupted comparison continues where it stopped and two calls on different
+seeds can share one out_dir; other runs already in out_dir are trained again only with --overwrite=True. Writes
 out_dir/results.md and out_dir/results.json; every run's own out_dir (metrics.jsonl, ckpt.pt, best.pt)
 stays for analyze.py.
 """
@@ -53,7 +54,7 @@ class CompareConfig:
     early_steps: int = 500  # Tables 4-5 look at the gradient norms of the steps before this (0-499)
     data_dir: str = ""  # for teacher and students; "" keeps their configs' data
     device: str = ""  # for teacher and students; "" keeps their configs' device
-    overwrite: bool = False  # True: train again the runs already in out_dir (the teacher only if it is not reusable)
+    overwrite: bool = False  # True: train again the runs already in out_dir that cannot be reused (unfinished, other settings)
     # eval.py's columns for every student; off by default
     eval_ppl_windows: int = 0  # perplexity on the students' val.bin over this many windows; 0: no PPL column
     eval_tasks: str = ""  # harness task names or YAML paths, comma-separated; "" for none
@@ -105,7 +106,7 @@ def eval_config(cfg, student):
                       device=student.device, dtype=student.dtype)
 
 
-def finished_teacher(cfg):
+def finished_run(cfg):
     """Why the checkpoint in cfg.out_dir cannot stand in for training cfg, or None if it can: it must have
     run to cfg.max_iters with exactly these settings."""
     path = os.path.join(cfg.out_dir, "ckpt.pt")
@@ -222,9 +223,10 @@ def compare(cfg):
     if cfg.eval_tasks:
         check_tasks(eval_config(cfg, student))  # a misspelt task stops the comparison before any training
 
-    why_not = finished_teacher(teacher)
+    why_not = finished_run(teacher)
+    todo = {key: s for key, s in students.items() if finished_run(s) is not None}  # finished ones are reused
     replaced = [f"{teacher_dir} ({why_not})"] if why_not is not None and holds_run(teacher_dir) else []
-    replaced += [s.out_dir for s in students.values() if holds_run(s.out_dir)]
+    replaced += [s.out_dir for s in todo.values() if holds_run(s.out_dir)]
     if replaced and not cfg.overwrite:
         raise ConfigError(f"this comparison would replace runs already in out_dir={cfg.out_dir!r}: {', '.join(replaced)}; "
                           f"pass --overwrite=True to train them again, or choose another out_dir")
@@ -237,8 +239,11 @@ def compare(cfg):
     runs = {variant: [] for variant in cfg.variant_list()}
     scores = {variant: [] for variant in cfg.variant_list()}
     for (variant, seed), student in students.items():
-        print(f"distilling {variant}, seed {seed}, into {student.out_dir}")
-        train(student)
+        if (variant, seed) in todo:
+            print(f"distilling {variant}, seed {seed}, into {student.out_dir}")
+            train(student)
+        else:
+            print(f"reusing the finished student {variant}, seed {seed}, in {student.out_dir}")
         runs[variant].append(read_metrics(student.out_dir))
         if evaluating:
             result = evaluate(eval_config(cfg, student))
@@ -265,7 +270,8 @@ def compare(cfg):
               f"seed, then the mean over seeds; spikes: steps above median + k * MAD.",
               "",
               f"Measured on {hardware(student.device)}: {minutes:.1f} minutes in all"
-              + ("." if why_not is not None else ", the teacher's training not included.")]
+              + ("" if why_not is not None else ", the teacher's training not included")
+              + (f"; {len(students) - len(todo)} of {len(students)} students reused from an earlier call." if len(todo) < len(students) else ".")]
     if evaluating:
         ppl = f"PPL: {cfg.eval_ppl_windows} random windows of {student.block_size} tokens of the val data, seed 0; " if cfg.eval_ppl_windows else ""
         header += ["", f"eval.py on every student's last checkpoint, mean +- std over seeds. {ppl}"
@@ -278,6 +284,7 @@ def compare(cfg):
     shared = {k: v for k, v in asdict(student).items() if k not in ("attn", "seed", "out_dir")}
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump({"config": asdict(cfg), "teacher": asdict(teacher), "teacher_reused": why_not is None,
+                   "students_reused": [s.out_dir for key, s in students.items() if key not in todo],
                    "student": shared, "runs": [s.out_dir for s in students.values()],
                    "early_steps": early, "hardware": hardware(student.device), "minutes": minutes, "rows": rows}, f, indent=1)
     print(text)

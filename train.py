@@ -15,14 +15,17 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
                          teacher given as an out_dir load; val_loss and iter_num in it are its own
   out_dir/metrics.jsonl  one JSON object per logged step:
   every log_interval iters  iter, lr, loss, ce (and kd when distilling), grad_norm (before clipping),
-                            tokens_per_s, logit_mag (the paper's Fig. 2: mean |pre-softmax logit| over the
-                            causally visible entries of every layer and head) and, for the affine variants,
-                            alpha and alpha_ma (per layer, means over heads and tokens); loss, ce and kd
-                            are means over the iterations since the previous row
-  every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling);
+                            tokens_per_s and dt_ms (training alone: evaluation and logging left out);
+                            loss, ce, kd and dt_ms are means over the iterations since the previous row
+  every stats_interval iters the log row also has logit_mag (the paper's Fig. 2: mean |pre-softmax logit|
+                            over the causally visible entries of every layer and head) and, for the affine
+                            variants, alpha and alpha_ma (per layer, means over heads and tokens)
+  every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling),
+                            time_s (wall seconds from the start to this evaluation), eval_s (its seconds);
   and after the last iter   the same, and the last checkpoint is written
 With always_save_checkpoint=True ckpt.pt is written at every evaluation, else only when the val loss
 improves and after the last iter. The first run of the default dataset prepares it from the embedded corpus.
+At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging".
 """
 
 import dataclasses
@@ -61,7 +64,9 @@ class TrainConfig:
     out_dir: str = "out"
     eval_interval: int = 2000
     eval_iters: int = 200  # batches per split at each evaluation
-    log_interval: int = 10  # also how often logit_mag is measured (one extra eager forward)
+    log_interval: int = 10
+    # the attention statistics cost one extra eager forward (T x T maps), so they are measured more rarely
+    stats_interval: int = 100  # in the first log row at or after every multiple of it
     always_save_checkpoint: bool = True  # False: ckpt.pt only when val loss improves, and at the end (best.pt: when it improves)
     init_from: str = "scratch"  # or "resume" from out_dir/ckpt.pt
     overwrite: bool = False  # True: a fresh run replaces the run already in out_dir
@@ -123,7 +128,7 @@ class TrainConfig:
         check_choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
         check_choice("dtype", self.dtype, ("float32", "bfloat16"))
         check_choice("device", self.device.split(":")[0], ("cpu", "cuda", "mps"))
-        for name in ("eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps", "batch_size"):
+        for name in ("eval_interval", "eval_iters", "log_interval", "stats_interval", "gradient_accumulation_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
         for name in ("max_iters", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip"):
@@ -348,7 +353,7 @@ def _train(cfg, device, ddp):
     model.to(device)
     teacher = load_teacher(cfg, meta, vocab_size, device) if cfg.loss == "kd" else None
 
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
     if cfg.init_from == "resume":
         optimizer.load_state_dict(ckpt["optimizer"])
         rng = ckpt["rng"][rank]
@@ -417,13 +422,17 @@ def _train(cfg, device, ddp):
         raise NonFiniteLoss(f"non-finite {what} {value} at iter {it}; stopped, {kept}")
 
     last_eval = {"train_loss": None, "val_loss": None}
-    t_start = t_log = time.time()
+    # wall seconds outside the training steps, so the log says what training alone costs. Each timer starts
+    # after check_pending(), whose sync waits for the queued training work (CUDA) and counts as training.
+    spent = {"eval": 0.0, "log": 0.0}
+    start_iter, t_start = iter_num, time.time()
+    t_row, spent_at_row = t_start, 0.0
     pbar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
     while True:
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            t_eval = time.time()
             if pending:
                 check_pending()  # never save a checkpoint after a non-finite loss
+            t_eval = time.time()
             losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master else None]
             if ddp:
                 dist.broadcast_object_list(losses, src=0)  # every rank takes the same decisions below
@@ -432,7 +441,8 @@ def _train(cfg, device, ddp):
                 stop("evaluation loss", losses["val"] + losses["train"], iter_num)
             last_eval = {"train_loss": losses["train"], "val_loss": losses["val"]}
             ppl = math.exp(losses["val"]) if losses["val"] < 700 else float("inf")  # exp overflows past 709
-            log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl})
+            log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
+                 "time_s": t_eval - t_start, "eval_s": time.time() - t_eval})
             if master:
                 pbar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val ppl {ppl:.2f}")
             best = losses["val"] < best_val_loss
@@ -449,7 +459,7 @@ def _train(cfg, device, ddp):
                     if best:
                         save_checkpoint(ckpt, best_path)
                 saved_iter = iter_num
-            t_log += time.time() - t_eval  # tokens_per_s leaves evaluation and saving out
+            spent["eval"] += time.time() - t_eval  # checkpoints included
         if iter_num >= cfg.max_iters:
             break
 
@@ -473,24 +483,31 @@ def _train(cfg, device, ddp):
 
         if iter_num % cfg.log_interval == 0:
             values = check_pending()
+            t_log = time.time()
+            train_s = t_log - t_row - (sum(spent.values()) - spent_at_row)
             mean = [sum(v) / len(values) for v in zip(*values)]
-            tokens_per_s = len(values) * accum * world * cfg.batch_size * cfg.block_size / (time.time() - t_log)
-            t_log = time.time()  # what follows, attention_stats included, counts in the next row's time
             row = {"iter": iter_num, "lr": lr, "loss": mean[0], "ce": mean[1]}
             if teacher is not None:
                 row["kd"] = mean[2]
-            row.update(grad_norm=grad_norm.item(), tokens_per_s=tokens_per_s)
-            if master:
+            row.update(grad_norm=grad_norm.item(), dt_ms=1e3 * train_s / len(values),
+                       tokens_per_s=len(values) * accum * world * cfg.batch_size * cfg.block_size / train_s)
+            if master and iter_num % cfg.stats_interval < cfg.log_interval:
                 with ctx:
                     row.update(attention_stats(model, x))
             log(row)
-            pbar.set_postfix(loss=f"{mean[0]:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            pbar.set_postfix(loss=f"{mean[0]:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
             pending.clear()
+            spent["log"] += time.time() - t_log
+            t_row, spent_at_row = time.time(), sum(spent.values())
         iter_num += 1
         pbar.update()
     pbar.close()
+    elapsed = time.time() - t_start
+    if master and iter_num > start_iter:
+        total, ev, lg = (1e3 * t / (iter_num - start_iter) for t in (elapsed, spent["eval"], spent["log"]))
+        print(f"{total:.1f} ms/iter: {total - ev - lg:.1f} train, {ev:.1f} eval (with checkpoints), {lg:.1f} logging")
     return {"iter_num": iter_num, **last_eval, "best_val_loss": best_val_loss,
-            "elapsed_s": time.time() - t_start, "out_dir": cfg.out_dir}
+            "elapsed_s": elapsed, **{f"{k}_s": v for k, v in spent.items()}, "out_dir": cfg.out_dir}
 
 
 if __name__ == "__main__":
