@@ -1,26 +1,29 @@
 """
 Where the attention of trained checkpoints goes (paper section 4, appendices A and B), side by side:
 
-    python analyze.py --ckpt out-softmax/ckpt.pt --ckpt out-sink/ckpt.pt --ckpt out-affine/ckpt.pt
+    python analyze.py --ckpt out-softmax --ckpt out-sink --ckpt out-affine/ckpt.pt
+
+An out_dir stands for its best.pt (the lowest val loss), else its ckpt.pt; a file for itself.
 
 On a few validation sequences (evenly spread over the run's val.bin, the same for every checkpoint),
 per layer and head, from GPT.attention_maps: the weight on the first token (Fig. 4), each query's total
 attention mass (Fig. 3), the head-wise total mass normalised to [0, 1] (Fig. 5), the attention entropy
 (Fig. 6), a 30 x 30 attention heatmap (Fig. 9) and, for affine models, alpha and alpha_ma. From each run's
-metrics.jsonl (next to its checkpoint): the attention-logit magnitude and gradient-norm curves (Fig. 2, 8)
-and the early-training gradient-norm statistics of Tables 4 and 5.
+metrics.jsonl (next to its checkpoint): the training loss (the KD loss when distilling, Fig. 7; its last 20% of
+steps, Fig. 10), the attention-logit magnitude and gradient-norm curves (Fig. 2, 8) and the early-training
+gradient-norm statistics of Tables 4 and 5.
 
 A text summary is always printed; with matplotlib installed, figures go to --plot_dir.
 """
 
 import argparse
-import json
 import os
+import sys
 
 import numpy as np
 import torch
 
-from common import DATA_ROOT, load_model
+from common import DATA_ROOT, ConfigError, load_model, read_jsonl
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -103,24 +106,29 @@ def series(g):
 def val_sequences(path, num_seqs, seq_len, vocab_size):
     """num_seqs windows of seq_len tokens, evenly spread over the file, so every checkpoint sees the same."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
+        raise ConfigError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
     data = np.memmap(path, dtype=np.uint16, mode="r")
     if len(data) < seq_len:
-        raise ValueError(f"{path} has {len(data)} tokens, fewer than --seq_len={seq_len}")
+        raise ConfigError(f"{path} has {len(data)} tokens, fewer than --seq_len={seq_len}")
     starts = np.linspace(0, len(data) - seq_len, num_seqs).astype(np.int64)
     x = torch.from_numpy(np.stack([data[s:s + seq_len].astype(np.int64) for s in starts]))
     if x.max() >= vocab_size:
-        raise ValueError(f"{path} holds token id {int(x.max())} but the model's vocab_size is {vocab_size}: "
+        raise ConfigError(f"{path} holds token id {int(x.max())} but the model's vocab_size is {vocab_size}: "
                          f"data of another tokenizer? (--data_dir)")
     return x
 
 
 def read_metrics(path):
     """The rows of a metrics.jsonl, [] if there is none."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path) if os.path.exists(path) else []
+
+
+def smooth(iters, values, window=20):
+    """A moving mean over window logged rows (the first window - 1 rows dropped): a per-step loss is too noisy
+    to tell variants apart by eye."""
+    if len(values) < window:
+        return iters, values
+    return iters[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid")
 
 
 def curve(rows, key):
@@ -272,6 +280,20 @@ def plot(runs, plot_dir):
             fig.colorbar(im, ax=ax, fraction=0.046)
         save(fig, name)
 
+    # Fig. 7: the training loss, the KD loss when distilling (the paper's "Loss"); Fig. 10: its last 20% of steps
+    key = "kd" if all(any("kd" in r for r in rows) for _, _, rows in runs) else "loss"
+    curves = [(label, smooth(*curve(rows, key))) for label, _, rows in runs]
+    if all(len(values) for _, (_, values) in curves):
+        for name, tail in (("train_loss.png", 1.0), ("train_loss_end.png", 0.2)):
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            for label, (iters, values) in curves:
+                keep = iters >= iters[-1] * (1 - tail)
+                ax.plot(iters[keep], values[keep], label=label, linewidth=1)
+            ax.set(xlabel="iteration", ylabel=f"training {'KD' if key == 'kd' else 'CE'} loss (moving mean of 20 rows)",
+                   title="last 20% of the steps" if tail < 1 else None)
+            ax.legend()
+            save(fig, name)
+
     for key, name in (("logit_mag", "logit_mag.png"), ("grad_norm", "grad_norm.png")):
         curves = [(label, curve(rows, key)) for label, _, rows in runs]
         if not any(len(values) for _, (_, values) in curves):
@@ -290,22 +312,25 @@ def plot(runs, plot_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", action="append", required=True, help="a train.py checkpoint; repeat to compare")
+    p.add_argument("--ckpt", action="append", required=True, help="a train.py out_dir or checkpoint file; repeat to compare")
     p.add_argument("--data_dir", help="folder holding val.bin (default: the run's, as train.py: data_dir or data/<dataset>)")
-    p.add_argument("--num_seqs", type=int, default=10, help="validation sequences (the paper uses 10)")
+    p.add_argument("--num_seqs", type=int, default=10, help="validation sequences (default: 10, as the paper)")
     p.add_argument("--seq_len", type=int, help="tokens per sequence (default: the model's block_size)")
-    p.add_argument("--layer", type=int, default=-1, help="layer of the heatmap (default: the last)")
+    p.add_argument("--layer", type=int, help="layer of the heatmap, from 0 (default: the paper's relative depth, "
+                   "its layer 8 of 16: n_layer // 2 - 1)")
     p.add_argument("--head", type=int, help="head of the heatmap (default: the mean over heads, as the paper)")
-    p.add_argument("--early_steps", type=int, default=500, help="gradient-norm statistics over iters < this (Tables 4-5), as compare.py")
+    p.add_argument("--early_steps", type=int, default=500, help="gradient-norm statistics over iters < this (Tables 4-5), as compare.py (default: 500)")
     p.add_argument("--plot_dir", help="where figures go (default: the checkpoint's folder, or analysis/ for several)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     args = p.parse_args(argv)
-    if args.num_seqs < 1:
-        p.error(f"--num_seqs={args.num_seqs} must be at least 1")
-    plot_dir = args.plot_dir or ((os.path.dirname(args.ckpt[0]) or ".") if len(args.ckpt) == 1 else "analysis")
+    for name in ("num_seqs", "early_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name}={getattr(args, name)} must be at least 1")
+    run_dirs = [path if os.path.isdir(path) else os.path.dirname(path) or "." for path in args.ckpt]
+    plot_dir = args.plot_dir or (run_dirs[0] if len(args.ckpt) == 1 else "analysis")
 
     runs, summaries = [], []
-    for path in args.ckpt:
+    for path, run_dir in zip(args.ckpt, run_dirs):
         model, _, ckpt = load_model(path, args.device, "--ckpt")
         if ckpt is None:
             p.error(f"--ckpt={path} is not a train.py checkpoint")
@@ -314,8 +339,9 @@ def main(argv=None):
         seq_len = args.seq_len or cfg.block_size
         if not 1 <= seq_len <= cfg.block_size:
             p.error(f"--seq_len={seq_len}: {path} takes 1..{cfg.block_size} (its block_size)")
-        if not -cfg.n_layer <= args.layer < cfg.n_layer:
-            p.error(f"--layer={args.layer}: {path} has layers {-cfg.n_layer}..{cfg.n_layer - 1}")
+        layer = max(cfg.n_layer // 2 - 1, 0) if args.layer is None else args.layer
+        if not -cfg.n_layer <= layer < cfg.n_layer:
+            p.error(f"--layer={layer}: {path} has layers {-cfg.n_layer}..{cfg.n_layer - 1}")
         if args.head is not None and not 0 <= args.head < cfg.n_head:
             p.error(f"--head={args.head}: {path} has heads 0..{cfg.n_head - 1}")
         data_dir = args.data_dir or ckpt["config"].get("data_dir")  # as train.py: its data_dir, else data/<dataset>
@@ -323,13 +349,13 @@ def main(argv=None):
             p.error(f"{path} names no dataset in its config: pass --data_dir")
         data_path = os.path.join(data_dir or os.path.join(DATA_ROOT, ckpt["config"]["dataset"]), "val.bin")
         x = val_sequences(data_path, args.num_seqs, seq_len, cfg.vocab_size).to(args.device)
-        stats = attention_stats(model, x, args.layer, args.head)
-        rows = read_metrics(os.path.join(os.path.dirname(path), "metrics.jsonl"))
+        stats = attention_stats(model, x, layer, args.head)
+        rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
         summaries.append(summarize(path, ckpt, cfg, stats, rows, data_path, args.early_steps))
         runs.append((cfg.attn, stats, rows))
     labels = [label for label, _, _ in runs]
-    runs = [(f"{label} ({os.path.dirname(path)})" if labels.count(label) > 1 else label, stats, rows)
-            for (label, stats, rows), path in zip(runs, args.ckpt)]
+    runs = [(f"{label} ({run_dir})" if labels.count(label) > 1 else label, stats, rows)
+            for (label, stats, rows), run_dir in zip(runs, run_dirs)]
     summary = "\n\n".join(summaries)
     print(summary)
     written = plot(runs, plot_dir)
@@ -339,4 +365,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:
+        sys.exit(f"ConfigError: {e}")

@@ -349,10 +349,10 @@ def parse_args(argv=None):
     p.add_argument("--seq_lens", type=csv_list(int), help="comma-separated; default 256,1024,2048 on CUDA, 256,1024 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="also time torch.compile of the fused model (default: on CUDA only)")
     for name in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size"):
-        p.add_argument(f"--{name}", type=positive, help="default: GPT-2 small's on CUDA, a small model on CPU")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model before the rounds")
-    p.add_argument("--iters", type=positive, default=10, help="timed rounds; each times one step of every variant")
-    p.add_argument("--seed", type=int, default=1337)
+        p.add_argument(f"--{name}", type=positive, help=f"default: {DEFAULTS['cuda'][name]} on CUDA (GPT-2 small), {DEFAULTS['cpu'][name]} on CPU")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model before the rounds (default: 2)")
+    p.add_argument("--iters", type=positive, default=10, help="timed rounds; each times one step of every variant (default: 10)")
+    p.add_argument("--seed", type=int, default=1337, help="default: 1337")
     p.add_argument("--out", help="also write the results as JSON to this file")
     p.add_argument("--time_to_loss", action="store_true", help="instead: train --baseline and --config on the same "
                    "data and compare their times to the baseline's final val loss (the device is the configs')")

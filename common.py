@@ -4,11 +4,23 @@ function that loads a model with its tokenizer (a checkpoint of this repo or a p
 """
 
 import ast
+import contextlib
 import dataclasses
 import difflib
+import errno
+import inspect
+import io
+import json
 import os
 import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import tokenize
 import types
+import urllib.error
+import urllib.request
 
 import numpy as np
 import torch
@@ -44,6 +56,18 @@ def check_choice(name, value, allowed):
         raise ConfigError(f"unknown {name}={value!r}; allowed: {', '.join(allowed)}")
 
 
+def check_device(device, name="device"):
+    """device must be cpu, cuda, cuda:N or mps, and present on this machine."""
+    kind, _, index = device.partition(":")
+    check_choice(name, kind, ("cpu", "cuda", "mps"))
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{name}={device!r} but torch sees no CUDA GPU here; use {name}=cpu")
+    if kind == "cuda" and index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+        raise ConfigError(f"{name}={device!r} but this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{name}={device!r} but MPS is not available here; use {name}=cpu")
+
+
 def read_config_file(path):
     """The names a config file assigns (it is python, run with exec), less dunders and imported modules."""
     if not os.path.isfile(path):
@@ -54,9 +78,40 @@ def read_config_file(path):
     return {k: v for k, v in namespace.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
 
 
+def settings_help(cls):
+    """The --help of a script whose settings are the dataclass cls: its module's docstring, then every field
+    with its default and the comment beside it in cls's source (comment lines between fields are headings),
+    so the help cannot drift from the settings."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {t.start[0]: t.string.lstrip("#").strip()
+                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    body = ast.parse(source).body[0].body
+    fields = {node.lineno: node for node in body if isinstance(node, ast.AnnAssign)}
+    end = min([node.lineno for node in body if isinstance(node, ast.FunctionDef)] + [len(source.splitlines()) + 1])
+    defaults = {f.name: f"--{f.name}={f.default!r}" for f in dataclasses.fields(cls)}
+    width = max(map(len, defaults.values())) + 2
+    module = sys.modules[cls.__module__]
+    lines = [f"usage: python {os.path.basename(module.__file__)} [config_file.py ...] [--key=value ...]", "",
+             (module.__doc__ or "").strip(), "", "settings, with their defaults:"]
+    in_field = {row for node in fields.values() for row in range(node.lineno, node.end_lineno + 1)}
+    headings = {row for row in comments if row not in in_field and row < end}
+    for row in range(1, end):
+        if row in fields:
+            node = fields[row]
+            comment = " ".join(comments[r] for r in range(node.lineno, node.end_lineno + 1) if r in comments)
+            lines.append(f"  {defaults[node.target.id]:<{width}}{comment}".rstrip())
+        elif row in headings:  # a blank line before each heading; consecutive comment lines are one paragraph
+            lines += [comments[row]] if row - 1 in headings else ["", comments[row]]
+    return "\n".join(lines)
+
+
 def load_config(argv, cls):
     """nanoGPT-style settings from the command line: config files and --key=value overrides, in order.
-    An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text."""
+    An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text.
+    -h or --help prints the settings with their defaults and comments, and exits."""
+    if "-h" in argv or "--help" in argv:
+        print(settings_help(cls))
+        sys.exit(0)
     types_ = {f.name: type(f.default) for f in dataclasses.fields(cls)}
     values = {}
     for arg in argv:
@@ -101,14 +156,61 @@ def find_data(data_dir, dataset, block_size):
         known = sorted(d for d in os.listdir(DATA_ROOT) if os.path.isfile(os.path.join(DATA_ROOT, d, "prepare.py")))
         raise ConfigError(f"unknown dataset={dataset!r}; allowed: {', '.join(known)} (or set data_dir)")
     for split in ("train", "val"):
-        n = len(np.memmap(os.path.join(folder, f"{split}.bin"), dtype=np.uint16, mode="r"))
+        n = len(read_tokens(folder, split))
         if n <= block_size:
             raise ConfigError(f"{split}.bin in {folder} holds {n} tokens, too few for block_size={block_size}")
-    meta = None
-    if os.path.isfile(os.path.join(folder, "meta.pkl")):
-        with open(os.path.join(folder, "meta.pkl"), "rb") as f:
-            meta = pickle.load(f)
-    return folder, meta
+    return folder, read_meta(folder)
+
+
+def read_tokens(folder, split):
+    """The token ids of folder/<split>.bin, as a read-only memmap."""
+    return np.memmap(os.path.join(folder, f"{split}.bin"), dtype=np.uint16, mode="r")
+
+
+def read_meta(folder):
+    """folder/meta.pkl's dict, or None if there is none (GPT-2 BPE data, as in nanoGPT)."""
+    path = os.path.join(folder, "meta.pkl")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def prepare_default_data(dataset, data_dir):
+    """data/shakespeare_char is made from the corpus committed in data/shakespeare/input.txt the first time a
+    run needs it, so installing and training are the whole set-up. Other datasets are prepared by hand."""
+    folder = os.path.join(DATA_ROOT, "shakespeare_char")
+    if data_dir or dataset != "shakespeare_char" or all(
+            os.path.isfile(os.path.join(folder, s)) for s in ("train.bin", "val.bin")):
+        return
+    prepare = os.path.join(folder, "prepare.py")
+    print(f"preparing {folder} from the embedded corpus data/shakespeare/input.txt (first run): python {prepare}")
+    # run as the script it is: scripts share code only through common.py and model.py
+    done = subprocess.run([sys.executable, prepare], capture_output=True, text=True)
+    if done.returncode:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ConfigError(f"preparing {folder} failed ({why}); run python {prepare} to see why")
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics.jsonl: one JSON object per line, appended as training goes
+
+
+def read_jsonl(path):
+    """The rows of a JSON-lines file. A partial last line (a crash while it was written) is dropped with a
+    warning, so it never blocks a resume or an analysis; a bad line before it is an error naming it."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            if line.strip():
+                rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ConfigError(f"{path} line {i + 1} is not JSON: {line[:80]!r}") from None
+            print(f"warning: {path} ends in a partial line (an interrupted write), dropped: {line[:80]!r}", file=sys.stderr)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,14 +234,27 @@ def describe_tokenizer(meta):
     return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
 
 
+def load_tiktoken(*names):
+    """The first of these tiktoken encodings that loads. tiktoken downloads an encoding's files once and
+    keeps them in TIKTOKEN_CACHE_DIR; offline without them, say so instead of a network traceback."""
+    import tiktoken
+    for name in names:
+        if name not in tiktoken.list_encoding_names():
+            raise ConfigError(f"tiktoken has no encoding {name!r}; it has {', '.join(tiktoken.list_encoding_names())}")
+        try:
+            return tiktoken.get_encoding(name)
+        except Exception as e:  # no network, or no cached files for this name: try the next one
+            error = e
+    where = os.environ.get("TIKTOKEN_CACHE_DIR", "not set")
+    raise ConfigError(f"tiktoken could not load the {' or '.join(names)} BPE files ({type(error).__name__}; "
+                      f"TIKTOKEN_CACHE_DIR: {where}): connect once to download them, or set TIKTOKEN_CACHE_DIR "
+                      f"to a folder holding them")
+
+
 def gpt2_encoding():
     """tiktoken's GPT-2 BPE. "gpt2" downloads its files; "r50k_base" has the same token ids and also
     loads offline from a TIKTOKEN_CACHE_DIR holding its ranks file."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception:  # no network, or no cached files for this name: try the other one
-        return tiktoken.get_encoding("r50k_base")
+    return load_tiktoken("gpt2", "r50k_base")
 
 
 def get_tokenizer(meta):
@@ -154,40 +269,193 @@ def get_tokenizer(meta):
             return [stoi[c] for c in text]
 
         return encode, lambda ids: "".join(itos[i] for i in ids)
-    name = "gpt2" if meta is None else meta["encoding"]
-    if name in GPT2_ENCODINGS:
-        enc = gpt2_encoding()
-    else:
-        import tiktoken
-        enc = tiktoken.get_encoding(name)
+    enc = tiktoken_encoding(meta)
     return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
 
 
+def tiktoken_encoding(meta):
+    name = "gpt2" if meta is None else meta["encoding"]
+    return gpt2_encoding() if name in GPT2_ENCODINGS else load_tiktoken(name)
+
+
+def eot_token(meta):
+    """The id of the token that separates documents (tiktoken's <|endoftext|>, which data/fineweb_edu puts
+    before every document), or None: character-level data has no such token."""
+    if meta is not None and "stoi" in meta:
+        return None
+    return tiktoken_encoding(meta).eot_token
+
+
 # --------------------------------------------------------------------------------------------------
-# checkpoints and pretrained models
+# out_dir: one training run's files, written by one process at a time
+#   ckpt.pt        the last checkpoint: init_from="resume" continues it
+#   best.pt        the checkpoint of the lowest val loss so far: sample, analyze and KD teachers load it
+#   metrics.jsonl  what train.py logs
+#   train.lock     the pid and host of the process training there, while it does
+
+RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the message names it and says why."""
+
+
+@contextlib.contextmanager
+def hold_out_dir(out_dir, fresh, overwrite):
+    """out_dir for one training run, held through out_dir/train.lock until the run ends, also on an error.
+    A lock of a live process is an error; one left by a process that is gone is taken over. A fresh run
+    refuses an out_dir that already holds a run, unless overwrite. An out_dir this made and left empty (the
+    run stopped before writing anything) is removed again."""
+    made = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    lock = os.path.join(out_dir, "train.lock")
+    take_lock(lock, out_dir)
+    try:
+        found = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+        if fresh and found and not overwrite:
+            raise ConfigError(f"out_dir={out_dir!r} already holds a run ({', '.join(found)}): continue it with "
+                              f"--init_from=resume, choose another out_dir, or pass --overwrite=True to replace it")
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+        if made and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+
+
+def take_lock(lock, out_dir):
+    """Creates lock holding this process's pid and host, taking over one whose process is gone."""
+    while True:
+        try:
+            with open(lock, "x") as f:  # "x": fails if it exists, so of two processes only one creates it
+                f.write(f"{os.getpid()} {socket.gethostname()}")
+            return
+        except FileExistsError:
+            pass
+        try:
+            with open(lock) as f:
+                holder = f.read().split()
+        except FileNotFoundError:
+            continue  # its run ended meanwhile
+        pid, host = (holder + ["?", "?"])[:2]
+        if not pid.isdigit() or process_alive(int(pid), host):
+            raise ConfigError(f"out_dir={out_dir!r} is in use by another run (pid {pid} on host {host}, as {lock} "
+                              f"says): wait for it to end or choose another out_dir; if no run uses it, delete {lock}")
+        print(f"taking over {lock}: its run (pid {pid}) is gone, it crashed or was killed")
+        with contextlib.suppress(FileNotFoundError):  # another process took it over first
+            os.remove(lock)
+
+
+def process_alive(pid, host):
+    if host != socket.gethostname():
+        return True  # another machine's process: no way to tell, so assume it runs
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def save_checkpoint(ckpt, path):
+    """Writes ckpt to path through a temporary file and a rename: a crash, or a full disk, while saving
+    leaves the previous checkpoint at path whole."""
     tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash while saving leaves the previous checkpoint whole
+    try:
+        with open(tmp, "wb") as f:  # a file object: torch's RuntimeError then carries the OSError behind it
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            why = "the disk is full (no space left on device)"
+        else:
+            why = first_line(cause or e)
+        raise CheckpointError(f"could not write the checkpoint {path}: {why}; its temporary file is removed "
+                              f"and an earlier {os.path.basename(path)} there is unchanged") from None
+
+
+def first_line(error):
+    """An exception's type and first sentence: the gist of library messages that run over several."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
+
+
+def read_checkpoint(path):
+    """The dict a train.py checkpoint file holds; a corrupt or truncated file is an error naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu")
+    except Exception as e:  # torch says "failed finding central directory" and the like
+        raise ConfigError(f"{path} cannot be read, the file is corrupt or truncated ({first_line(e)}); "
+                          f"an earlier checkpoint or a new run is needed") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
+        raise ConfigError(f"{path} is not a checkpoint of train.py (it has no model and model_args)")
+    return ckpt
+
+
+def describe_checkpoint(path, ckpt):
+    loss = ckpt.get("val_loss")
+    return f"{path} (iter {ckpt.get('iter_num', '?')}" + (f", val loss {loss:.4f})" if loss is not None else ")")
+
+
+# --------------------------------------------------------------------------------------------------
+# loading a model: a checkpoint of this repo or a pretrained one
+
+
+def hub_offline():
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(timeout=5):
+    """Whether the Hugging Face hub answers one request (transformers retries for minutes when it does not)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # an answer, if not a welcome one
+    except OSError:  # URLError, a timeout, no route
+        return False
+    return True
+
+
+def load_pretrained(name, setting):
+    """GPT.from_pretrained(name) for a local directory or a hub name; without network, a hub name fails at
+    once, saying what would work, rather than after minutes of retries."""
+    if not os.path.isdir(name) and not hub_offline() and not hub_reachable():
+        raise ConfigError(f"{setting}={name!r} needs the Hugging Face hub, which cannot be reached: connect, set "
+                          f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
+    try:
+        return GPT.from_pretrained(name)
+    except (OSError, ValueError) as e:  # not in the cache (offline), files missing, a model model.py does not have
+        hint = " (HF_HUB_OFFLINE is set: is it in the Hugging Face cache?)" if hub_offline() and not os.path.isdir(name) else ""
+        raise ConfigError(f"{setting}={name!r} could not be loaded as a Hugging Face model{hint}: {first_line(e)}") from None
 
 
 def load_model(name, device="cpu", setting="init_from"):
-    """(model, meta, ckpt) from a checkpoint of this repo (a ckpt.pt or an out_dir holding one) or from a
-    pretrained model (a name or a local directory, through transformers). meta tells the tokenizer, as a
-    meta.pkl does; ckpt is the checkpoint dict, None for a pretrained model. setting names the setting
-    name came from, for the error message."""
-    path = os.path.join(name, "ckpt.pt") if os.path.isfile(os.path.join(name, "ckpt.pt")) else name
+    """(model, meta, ckpt) from a checkpoint of this repo (a file, or an out_dir: its best.pt, else its
+    ckpt.pt) or from a pretrained model (a name or a local directory, through transformers); says which it
+    loaded. meta tells the tokenizer, as a meta.pkl does; ckpt is the checkpoint dict, None for a pretrained
+    model. setting names the setting name came from, for the messages."""
+    check_device(device)
+    path = next((os.path.join(name, f) for f in ("best.pt", "ckpt.pt") if os.path.isfile(os.path.join(name, f))), name)
     if os.path.isfile(path):
-        ckpt = torch.load(path, map_location="cpu")
+        ckpt = read_checkpoint(path)
         model = GPT(GPTConfig(**ckpt["model_args"]))
         # a checkpoint of a torch.compile'd model has every key prefixed by the wrapper's attribute name
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
         meta = ckpt.get("meta")
+        print(f"{setting}: loaded {describe_checkpoint(path, ckpt)}")
+    elif os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+        raise ConfigError(f"{setting}={name!r} is a directory with neither a checkpoint of train.py (best.pt, "
+                          f"ckpt.pt) nor a Hugging Face model (config.json)")
     elif os.path.isdir(name) or name in GPT2_NAMES:
-        model, ckpt = GPT.from_pretrained(name), None
+        model, ckpt = load_pretrained(name, setting), None
         meta = {"vocab_size": model.config.vocab_size, "encoding": "gpt2"}
+        print(f"{setting}: loaded the pretrained {name}")
     else:
         raise ConfigError(f"{setting}={name!r} is no file or directory: expected a ckpt.pt of this repo, an out_dir "
                           f"holding one, a local GPT-2 directory, or one of {', '.join(GPT2_NAMES)}")

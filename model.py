@@ -390,12 +390,19 @@ class GPT(nn.Module):
             loss = None
         return logits, loss
 
-    def update_alpha_ma(self):
+    @torch.no_grad()
+    def update_alpha_ma(self, ddp=False):
         """Eq. 9 in every affine layer, from the training forwards since the last call: call it once per
-        optimizer step (under DDP, after summing alpha_sum and alpha_count over the ranks)."""
-        for block in self.transformer.h:
-            if block.attn.affine:
-                block.attn.update_alpha_ma()
+        optimizer step. ddp: first add up the ranks' gathered means, so E is the mean over the global batch
+        and every rank applies the same update (all start from the same alpha_ma, so all stay equal)."""
+        layers = [block.attn for block in self.transformer.h if block.attn.affine]
+        if ddp and layers:
+            sums = torch.stack([torch.cat([a.alpha_sum, a.alpha_count.view(1)]) for a in layers])
+            torch.distributed.all_reduce(sums)  # a sum: gloo has no average
+            for a, s in zip(layers, sums):
+                a.alpha_sum, a.alpha_count = s[:-1].clone(), s[-1].clone()
+        for a in layers:
+            a.update_alpha_ma()
 
     @torch.no_grad()
     def attention_maps(self, idx):

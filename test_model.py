@@ -287,6 +287,30 @@ def test_alpha_ma_is_one_update_per_step_whatever_the_micro_steps():
         assert a.attn.alpha_count == 0 and b.attn.alpha_count == 0  # gathered means consumed
 
 
+def alpha_ma_on_rank(rank, world, init_file, out_dir):
+    """One DDP rank (gloo, CPU): a training forward on this rank's share of the batch, then Eq. 9."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    x, y = batch(B=8)
+    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    model = make_model("affine").train()
+    model(x[share], y[share])
+    model.update_alpha_ma(ddp=True)
+    torch.save([b.attn.alpha_ma for b in model.transformer.h], os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_alpha_ma_does_not_depend_on_the_number_of_ranks(tmp_path):
+    """Two DDP ranks with 4 sequences each end with the alpha_ma of one process with all 8."""
+    torch.multiprocessing.spawn(alpha_ma_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    x, y = batch(B=8)
+    single = make_model("affine").train()
+    single(x, y)
+    single.update_alpha_ma()
+    for rank in range(2):
+        for got, block in zip(torch.load(tmp_path / f"rank{rank}.pt"), single.transformer.h):
+            torch.testing.assert_close(got, block.attn.alpha_ma, atol=1e-7, rtol=0)
+
+
 # --------------------------------------------------------------------------------------------------
 # generation with a KV cache
 
@@ -1022,7 +1046,7 @@ def test_analyze_end_to_end(tmp_path, capsys):
     assert "grad_norm at iters < 500 (40 logged" in summary and "spikes k=6: 5, k=9: 5" in summary
     assert "val_loss: 3.5 (iter 400)" in summary
     pytest.importorskip("matplotlib")
-    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm"):
+    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm", "train_loss", "train_loss_end"):
         assert (plot_dir / f"{name}.png").stat().st_size > 0
 
 
@@ -1033,7 +1057,7 @@ def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
         with pytest.raises(SystemExit):
             analyze.main(base + extra)
         assert words in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="--data_dir"):
+    with pytest.raises(ConfigError, match="--data_dir"):
         analyze.main(["--ckpt", str(path), "--data_dir", str(tmp_path / "nowhere")])
 
 
@@ -1067,8 +1091,10 @@ def test_every_config_file_loads(monkeypatch):
 def hand_made_run(final_loss, val_loss, grads, n_tail=0, tail_loss=None):
     """(step rows, eval rows) as read_metrics returns them: one step row per iter with the given gradient
     norms and loss final_loss, then n_tail more steps of loss tail_loss and gradient norm 100."""
-    steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "grad_norm": g} for i, g in enumerate(grads)]
-    steps += [{"iter": len(grads) + i, "loss": tail_loss, "ce": tail_loss + 1, "grad_norm": 100.0} for i in range(n_tail)]
+    steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "kd": final_loss - 0.5, "grad_norm": g}
+             for i, g in enumerate(grads)]
+    steps += [{"iter": len(grads) + i, "loss": tail_loss, "ce": tail_loss + 1, "kd": tail_loss - 0.5, "grad_norm": 100.0}
+              for i in range(n_tail)]
     evals = [{"iter": 0, "val_loss": 9.0, "val_ppl": math.exp(9.0)},
              {"iter": len(steps), "val_loss": val_loss, "val_ppl": math.exp(val_loss)}]
     return steps, evals
@@ -1085,6 +1111,7 @@ def test_table_rows_means_stds_spikes_and_windows():
     assert (soft["variant"], soft["delta_params"], soft["seeds"]) == ("softmax", 0, 2)
     assert soft["train_loss"] == pytest.approx(2.2) and soft["train_loss_std"] == pytest.approx(0.2)  # ddof=0
     assert soft["train_ce"] == pytest.approx(3.2) and soft["train_ce_std"] == pytest.approx(0.2)
+    assert soft["train_kd"] == pytest.approx(1.7) and soft["train_kd_std"] == pytest.approx(0.2)
     assert soft["val_loss"] == pytest.approx(3.2) and soft["val_loss_std"] == pytest.approx(0.2)  # the last eval
     assert soft["val_ppl"] == pytest.approx((math.exp(3.0) + math.exp(3.4)) / 2)
     assert soft["grad_mean"] == pytest.approx(1.0) and soft["grad_var"] == pytest.approx(np.var(steady))
@@ -1103,12 +1130,12 @@ def test_markdown_states_the_winner_and_the_spread_as_measured():
             "affine": [hand_made_run(2.0, 3.05, [1.0, 1.1]), hand_made_run(2.0, 3.05, [1.0, 1.1])]}
     text = markdown(table_rows(runs, {"softmax": 0, "affine": 64}, early_steps=2), ["# header"])
     assert text.count("\n| ") == 3  # the column names and one row per variant
-    assert "| affine | 64 | 2.0000 +- 0.0000 | 3.0000 +- 0.0000 | 3.0500 +- 0.0000 |" in text
+    assert "| affine | 64 | 1.5000 +- 0.0000 | 3.0000 +- 0.0000 | 3.0500 +- 0.0000 |" in text
     # affine's 3.05 is 0.05 below softmax's 3.1, less than softmax's std of 0.1 across seeds
-    assert "Lowest mean val loss: affine, 0.0500 below softmax; that gap is not larger than the std across seeds (0.1000)." in text
+    assert "Lowest mean val CE: affine, 0.0500 below softmax; that gap is not larger than the std across seeds (0.1000)." in text
     one_seed = {v: seeds[:1] for v, seeds in runs.items()}
     text = markdown(table_rows(one_seed, {"softmax": 0, "affine": 64}, early_steps=2), ["# header"])
-    assert "Lowest mean val loss: softmax, 0.0500 below affine; one seed, so no spread" in text
+    assert "Lowest mean val CE: softmax, 0.0500 below affine; one seed, so no spread" in text
 
 
 def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
@@ -1120,7 +1147,8 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     (tmp_path / "student.py").write_text(common + "loss, teacher = 'kd', 'set by compare.py'\n")
     out = tmp_path / "cmp"
     argv = [f"--out_dir={out}", f"--teacher_config={tmp_path / 'teacher.py'}", f"--data_dir={data}", "--seeds=1,2",
-            f"--student_config={tmp_path / 'student.py'} --n_embd=24", "--variants=softmax,affine", "--early_steps=500"]
+            f"--student_config={tmp_path / 'student.py'} --n_embd=24", "--variants=softmax,affine:affine_n=prefix",
+            "--early_steps=500"]
     cfg = load_config(argv, CompareConfig)
 
     # every batch of the train split each run draws, by run: students of one seed must draw the same ones
@@ -1141,14 +1169,16 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare_module, "train", recording_train)
     rows = compare(cfg)
     assert "training the teacher" in capsys.readouterr().out
-    assert current == ["teacher", "softmax-s1", "softmax-s2", "affine-s1", "affine-s2"]
+    ablation = "affine-affine_nprefix"  # the variant affine:affine_n=prefix
+    assert current == ["teacher", "softmax-s1", "softmax-s2", f"{ablation}-s1", f"{ablation}-s2"]
+    assert torch.load(out / f"{ablation}-s1" / "ckpt.pt")["model_args"]["affine_n"] == "prefix"
     for seed in (1, 2):
-        assert len(batches[f"affine-s{seed}"]) == 8 + 3 * 2  # 8 training batches, 2 per evaluation (iters 0, 5, 8)
-        assert all((a == b).all() for a, b in zip(batches[f"softmax-s{seed}"], batches[f"affine-s{seed}"]))
+        assert len(batches[f"{ablation}-s{seed}"]) == 8 + 3 * 2  # 8 training batches, 2 per evaluation (iters 0, 5, 8)
+        assert all((a == b).all() for a, b in zip(batches[f"softmax-s{seed}"], batches[f"{ablation}-s{seed}"]))
     assert not (batches["softmax-s1"][0] == batches["softmax-s2"][0]).all()
 
     saved = json.loads((out / "results.json").read_text())
-    assert [r["variant"] for r in saved["rows"]] == ["softmax", "affine"] == [r["variant"] for r in rows]
+    assert [r["variant"] for r in saved["rows"]] == ["softmax", "affine:affine_n=prefix"] == [r["variant"] for r in rows]
     assert saved["early_steps"] == 8 and saved["student"]["n_embd"] == 24 and not saved["teacher_reused"]
     for r in saved["rows"]:
         assert r["seeds"] == 2 and all(len(v) == 2 for v in r["by_seed"].values())
@@ -1159,15 +1189,20 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     text = (out / "results.md").read_text()
     assert "2 seeds" in text and "8 iters" in text and "steps 0-7" in text and "minutes in all." in text
 
-    # a second call reuses the teacher, and the students, trained again, give the same table
+    # a second call reuses the finished teacher and students; one student made unfinished is trained again,
+    # the same as before (overwrite lets it replace the unfinished run)
     teacher_ckpt = out / "teacher" / "ckpt.pt"
     mtime = teacher_ckpt.stat().st_mtime_ns
+    ckpt = torch.load(out / "softmax-s2" / "ckpt.pt", weights_only=False)
+    torch.save({**ckpt, "iter_num": 5}, out / "softmax-s2" / "ckpt.pt")
     current.clear()
-    assert compare(cfg) == rows
-    assert "reusing the finished teacher" in capsys.readouterr().out
-    assert current[0] == "softmax-s1" and teacher_ckpt.stat().st_mtime_ns == mtime
-    assert json.loads((out / "results.json").read_text())["teacher_reused"]
-    assert "the teacher's training not included" in (out / "results.md").read_text()
+    assert compare(CompareConfig(**{**asdict(cfg), "overwrite": True})) == rows
+    printed = capsys.readouterr().out
+    assert "reusing the finished teacher" in printed and "reusing the finished student softmax, seed 1" in printed
+    assert current == ["softmax-s2"] and teacher_ckpt.stat().st_mtime_ns == mtime
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["teacher_reused"] and len(saved["students_reused"]) == 3
+    assert "the teacher's training not included; 3 of 4 students reused from an earlier call." in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -1190,15 +1225,15 @@ def test_a_changed_teacher_setting_is_not_reused(tmp_path):
         "device = 'cpu'\neval_interval, eval_iters = 5, 1\nn_layer, n_head, n_embd, block_size, batch_size = 1, 1, 8, 8, 2\n"
         "warmup_iters, max_iters, lr_decay_iters = 0, 3, 3\n")
     teacher = run_config(str(tmp_path / "teacher.py"), 0, out_dir=str(tmp_path / "t"), data_dir=data, loss="ce", teacher="")
-    assert compare_module.finished_teacher(teacher) == f"no {tmp_path / 't' / 'ckpt.pt'}"
+    assert compare_module.finished_run(teacher) == f"no {tmp_path / 't' / 'ckpt.pt'}"
     train_module.train(teacher)
-    assert compare_module.finished_teacher(teacher) is None
-    assert "n_embd: 8 -> 16" in compare_module.finished_teacher(run_config(
+    assert compare_module.finished_run(teacher) is None
+    assert "n_embd: 8 -> 16" in compare_module.finished_run(run_config(
         f"{tmp_path / 'teacher.py'} --n_embd=16", 0, out_dir=str(tmp_path / "t"), data_dir=data, loss="ce", teacher=""))
 
 
 def test_students_without_steps_are_caught_before_any_training(tmp_path):
-    (tmp_path / "run.py").write_text("device = 'cpu'\nmax_iters = 0\n")
+    (tmp_path / "run.py").write_text("device = 'cpu'\nmax_iters = warmup_iters = 0\n")
     cfg = CompareConfig(out_dir=str(tmp_path / "cmp"), teacher_config=str(tmp_path / "run.py"),
                         student_config=str(tmp_path / "run.py"), data_dir=str(tmp_path / "no-data"))
     with pytest.raises(ConfigError, match="max_iters=0 must be at least 1"):
@@ -1211,7 +1246,8 @@ def test_the_compare_configs_load(monkeypatch):
     monkeypatch.chdir(REPO)
     cpu = load_config(["config/compare_shakespeare_char.py"], CompareConfig)
     gpu = load_config(["config/compare_shakespeare_char_gpu.py"], CompareConfig)
-    assert (cpu.variant_list(), cpu.seed_list(), gpu.seed_list()) == (list(compare_module.ATTN_VARIANTS), [1, 2], [1, 2, 3])
+    variants = list(compare_module.ATTN_VARIANTS) + ["affine:affine_n=prefix"]
+    assert (cpu.variant_list(), gpu.variant_list(), cpu.seed_list(), gpu.seed_list()) == (variants, variants, [1, 2, 3], [1, 2, 3])
     for cfg in (cpu, gpu):
         teacher = run_config(cfg.teacher_config, cfg.teacher_iters, loss="ce", teacher="")
         student = run_config(cfg.student_config, cfg.student_iters, loss="kd", teacher="x", attn="affine")

@@ -7,7 +7,13 @@ Train a GPT of model.py, with any of its attention variants, by cross-entropy or
 
 Every setting is a field of TrainConfig. A config file is python that assigns some of them; --key=value
 overrides follow; later ones win. As a library: train(load_config([...], TrainConfig)) or train(TrainConfig(...)).
-Writes out_dir/ckpt.pt and out_dir/metrics.jsonl, one JSON object per logged step:
+A fresh run (init_from="scratch") refuses an out_dir that already holds one (--overwrite=True replaces it);
+one process at a time trains in an out_dir (out_dir/train.lock holds its pid while it does). Writes
+  out_dir/ckpt.pt        the last checkpoint, which init_from="resume" continues (it must have the same
+                         model settings, data and tokenizer)
+  out_dir/best.pt        the checkpoint of the lowest val loss, which sample.py, analyze.py and a KD
+                         teacher given as an out_dir load; val_loss and iter_num in it are its own
+  out_dir/metrics.jsonl  one JSON object per logged step:
   every log_interval iters  iter, lr, loss, ce (and kd when distilling), grad_norm (before clipping),
                             tokens_per_s and dt_ms (training alone: evaluation and logging left out);
                             loss, ce, kd and dt_ms are means over the iterations since the previous row
@@ -17,6 +23,8 @@ Writes out_dir/ckpt.pt and out_dir/metrics.jsonl, one JSON object per logged ste
   every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling),
                             time_s (wall seconds from the start to this evaluation), eval_s (its seconds);
   and after the last iter   the same, and the last checkpoint is written
+With always_save_checkpoint=True ckpt.pt is written at every evaluation, else only when the val loss
+improves and after the last iter. The first run of the default dataset prepares it from the embedded corpus.
 At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging".
 """
 
@@ -36,7 +44,9 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import ConfigError, check_choice, check_types, describe_tokenizer, find_data, load_config, load_model, save_checkpoint, tokenizer_of
+from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer, find_data,
+                    hold_out_dir, load_config, load_model, prepare_default_data, read_checkpoint, read_jsonl,
+                    save_checkpoint, tokenizer_of)
 from model import GPT, GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
@@ -57,8 +67,9 @@ class TrainConfig:
     log_interval: int = 10
     # the attention statistics cost one extra eager forward (T x T maps), so they are measured more rarely
     stats_interval: int = 100  # in the first log row at or after every multiple of it
-    always_save_checkpoint: bool = True  # False: save only when val loss improves (and at the end)
+    always_save_checkpoint: bool = True  # False: ckpt.pt only when val loss improves, and at the end (best.pt: when it improves)
     init_from: str = "scratch"  # or "resume" from out_dir/ckpt.pt
+    overwrite: bool = False  # True: a fresh run replaces the run already in out_dir
     seed: int = 1337
     # data
     dataset: str = "shakespeare_char"
@@ -88,7 +99,7 @@ class TrainConfig:
     affine_n: str = "context"  # N of Eq. 8: "context" (block_size) or "prefix" (keys the query sees)
     # loss
     loss: str = "ce"  # "ce", or "kd" to distil from teacher
-    teacher: str = ""  # a ckpt.pt of this repo, an out_dir holding one, a GPT-2 name or local directory
+    teacher: str = ""  # a checkpoint file, an out_dir (its best.pt), a GPT-2 name or local directory
     kd_alpha: float = 0.5  # loss = kd_alpha * tau^2 * KL + (1 - kd_alpha) * CE
     kd_temperature: float = 1.0  # tau
     kd_reverse: bool = False  # KL(student || teacher) instead of KL(teacher || student)
@@ -120,9 +131,21 @@ class TrainConfig:
         for name in ("eval_interval", "eval_iters", "log_interval", "stats_interval", "gradient_accumulation_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("max_iters", "warmup_iters"):
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must be positive")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"min_lr={self.min_lr} must be in [0, learning_rate={self.learning_rate}]")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.warmup_iters > self.max_iters:
+            raise ConfigError(f"warmup_iters={self.warmup_iters} must be at most max_iters={self.max_iters}")
+        if self.lr_schedule == "cosine" and self.lr_decay_iters < self.warmup_iters:
+            raise ConfigError(f"lr_decay_iters={self.lr_decay_iters} must be at least warmup_iters={self.warmup_iters} "
+                              f"(the cosine decay follows the warmup)")
         if self.loss == "kd" and not self.teacher:
             raise ConfigError("loss='kd' needs a teacher: a ckpt.pt, an out_dir holding one, or a GPT-2 name")
         if self.loss == "ce" and self.teacher:
@@ -210,6 +233,23 @@ def load_teacher(cfg, meta, vocab_size, device):
     return teacher
 
 
+def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
+    """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer must be
+    the checkpoint's. A difference is an error naming both values, never ignored or mixed into the run.
+    fused may differ: both paths compute the same function."""
+    was = ckpt["config"]  # the settings as given: model_args resolves some (n_kv_head=0 is n_head)
+    changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + ("dataset", "data_dir")
+               if k != "fused" and was.get(k) != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(f"init_from='resume' continues {path}, but the settings differ: {'; '.join(changed)}. "
+                          f"Resume with the run's settings (its config, without those overrides) or start a new out_dir")
+    ckpt_vocab = ckpt["model_args"]["vocab_size"]
+    if ckpt_vocab != vocab_size or tokenizer_of(ckpt.get("meta")) != tokenizer_of(meta):
+        raise ConfigError(f"init_from='resume': {path} was trained on {describe_tokenizer(ckpt.get('meta'))} "
+                          f"(vocab_size={ckpt_vocab}), but the data in {data_dir} is {describe_tokenizer(meta)} "
+                          f"(vocab_size={vocab_size}); resume on the run's data or start a new out_dir")
+
+
 @torch.no_grad()
 def estimate_loss(model, cfg, data_dir, device, ctx):
     """Mean cross-entropy on eval_iters batches of each split. The generator is seeded afresh each time:
@@ -260,49 +300,53 @@ def train(cfg):
     """Train as cfg says. Under torchrun (RANK in the environment) this is one rank of a DDP run.
     Returns {"iter_num", "train_loss", "val_loss", "best_val_loss", "elapsed_s", "out_dir"}; the losses
     are the last evaluation's (None if none ran). Raises ConfigError before training starts when the
-    settings, data or teacher do not fit, and NonFiniteLoss if the loss stops being finite."""
+    settings, data or teacher do not fit, NonFiniteLoss if the loss stops being finite and CheckpointError
+    if a checkpoint cannot be written."""
     ddp = int(os.environ.get("RANK", -1)) != -1
-    if not ddp:
-        return _train(cfg, cfg.device, ddp)
-    device = cfg.device
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    try:
-        return _train(cfg, device, ddp)
-    finally:
-        dist.destroy_process_group()
+    check_device(cfg.device)
+    # rank 0 holds out_dir (if it cannot, it stops, and torchrun ends the other ranks)
+    master = int(os.environ.get("RANK", 0)) == 0
+    with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext():
+        if not ddp:
+            return _train(cfg, cfg.device, ddp)
+        device = cfg.device
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        try:
+            return _train(cfg, device, ddp)
+        finally:
+            dist.destroy_process_group()
 
 
 def _train(cfg, device, ddp):
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     master = rank == 0
     device_type = device.split(":")[0]
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but torch sees no CUDA GPU; allowed here: cpu")
-    if device_type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={device!r} but MPS is not available; allowed here: cpu")
     if cfg.gradient_accumulation_steps % world:
         raise ConfigError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
                           f"multiple of the {world} DDP ranks")
     accum = cfg.gradient_accumulation_steps // world
+    if master:
+        prepare_default_data(cfg.dataset, cfg.data_dir)
+    if ddp:
+        dist.barrier()  # the other ranks wait for the data
     data_dir, meta = find_data(cfg.data_dir, cfg.dataset, cfg.block_size)
     vocab_size = meta["vocab_size"] if meta is not None else 50304
 
     torch.manual_seed(cfg.seed + rank)  # different dropout on every rank; DDP copies rank 0's initial weights
     sampler = torch.Generator().manual_seed(cfg.seed + rank)  # training batches, a different stream per rank
     iter_num, best_val_loss = 0, float("inf")
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     if cfg.init_from == "resume":
         if not os.path.isfile(ckpt_path):
             raise ConfigError(f"init_from='resume' but there is no {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu")
+        ckpt = read_checkpoint(ckpt_path)
+        check_resume(cfg, ckpt, ckpt_path, meta, vocab_size, data_dir)
         if len(ckpt["rng"]) != world:
             raise ConfigError(f"{ckpt_path} was written by {len(ckpt['rng'])} DDP ranks; resume it on as many, not {world}")
-        # the checkpoint's model wins over the config's model fields, as in nanoGPT
-        cfg = dataclasses.replace(cfg, **{k: ckpt["model_args"][k] for k in MODEL_FIELDS})
-        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model = GPT(GPTConfig(**{**ckpt["model_args"], "fused": cfg.fused}))
         model.load_state_dict(ckpt["model"])
     else:
         model = GPT(cfg.gpt_config(vocab_size))
@@ -329,31 +373,25 @@ def _train(cfg, device, ddp):
     compiled = torch.compile(model) if cfg.compile else model
     if cfg.compile and teacher is not None:
         teacher = torch.compile(teacher)
-    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch: every
-    # micro-step's forward adds its batch mean to alpha_sum, and before the update the sums of all ranks are
-    # added up. All ranks start from the same alpha_ma and apply the same update, so they stay equal without
-    # DDP's broadcast of rank 0's buffers (off: it would overwrite the other ranks' sums).
+    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
+    # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
+    # buffers, which is off: it would overwrite the other ranks' gathered means of alpha.
     runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
                  broadcast_buffers=False) if ddp else compiled
-    affine_layers = [block.attn for block in model.transformer.h if block.attn.affine]
-
-    def update_alpha_ma():
-        if ddp and affine_layers:
-            sums = torch.stack([torch.cat([a.alpha_sum, a.alpha_count.view(1)]) for a in affine_layers])
-            dist.all_reduce(sums)
-            for a, s in zip(affine_layers, sums):
-                a.alpha_sum, a.alpha_count = s[:-1].clone(), s[-1].clone()
-        model.update_alpha_ma()
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         rows = []
         if cfg.init_from == "resume" and os.path.isfile(metrics_path):
-            with open(metrics_path) as f:  # drop what the interrupted run logged after its checkpoint
-                rows = [line for line in f if json.loads(line)["iter"] < iter_num]
-        with open(metrics_path, "w") as f:
-            f.writelines(rows)
+            # what the interrupted run logged after its checkpoint is logged again, as an uninterrupted run would
+            rows = [row for row in read_jsonl(metrics_path) if row["iter"] < iter_num]
+        else:
+            for path in (ckpt_path, best_path):  # a fresh run (overwrite=True): nothing of the old one stays
+                if os.path.exists(path):
+                    os.remove(path)
+        with open(metrics_path + ".tmp", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        os.replace(metrics_path + ".tmp", metrics_path)
         print(f"{model.get_num_params() / 1e6:.2f}M parameters, {accum * world * cfg.batch_size * cfg.block_size:,} "
               f"tokens per iteration ({accum} micro-steps x {world} ranks x {cfg.batch_size} x {cfg.block_size})")
 
@@ -407,14 +445,19 @@ def _train(cfg, device, ddp):
                  "time_s": t_eval - t_start, "eval_s": time.time() - t_eval})
             if master:
                 pbar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val ppl {ppl:.2f}")
-            if losses["val"] < best_val_loss or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
-                best_val_loss = min(best_val_loss, losses["val"])
+            best = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+            if best or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
                 rng = rng_states(sampler, device_type, ddp)
                 if master:
-                    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
-                                     "iter_num": iter_num, "best_val_loss": best_val_loss, "meta": meta, "rng": rng},
-                                    ckpt_path)
+                    # val_loss is these weights' own; best_val_loss the run's lowest so far, for a resume
+                    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
+                            "iter_num": iter_num, "val_loss": losses["val"], "best_val_loss": best_val_loss,
+                            "meta": meta, "rng": rng}
+                    save_checkpoint(ckpt, ckpt_path)
+                    if best:
+                        save_checkpoint(ckpt, best_path)
                 saved_iter = iter_num
             spent["eval"] += time.time() - t_eval  # checkpoints included
         if iter_num >= cfg.max_iters:
@@ -435,7 +478,7 @@ def _train(cfg, device, ddp):
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        update_alpha_ma()
+        model.update_alpha_ma(ddp)
         pending.append((iter_num, total))
 
         if iter_num % cfg.log_interval == 0:
@@ -470,5 +513,5 @@ def _train(cfg, device, ddp):
 if __name__ == "__main__":
     try:
         train(load_config(sys.argv[1:], TrainConfig))
-    except (ConfigError, NonFiniteLoss) as e:
+    except (ConfigError, NonFiniteLoss, CheckpointError) as e:
         sys.exit(f"{type(e).__name__}: {e}")
