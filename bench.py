@@ -304,17 +304,17 @@ def format_time_to_loss(runs):
     def f(value, spec):
         return "-" if value is None else format(value, spec)
 
-    lines = [f"{'run':<44}{'iters':>6}{'wall s':>8}{'val loss':>10}{'target at iter':>16}{'after s':>9}{'x baseline':>12}"
+    lines = [f"{'run':<48}{'iters':>6}{'wall s':>8}{'val loss':>10}{'target at iter':>16}{'after s':>9}{'x baseline':>12}"
              f"{'x (steps)':>11}"]
     for run in runs:
-        lines.append(f"{run['config'] + ' attn=' + run['attn']:<44}{run['iters']:>6}{run['wall_s']:>8.1f}{run['val_loss']:>10.4f}"
+        lines.append(f"{os.path.basename(run['config']) + ' attn=' + run['attn']:<48}{run['iters']:>6}{run['wall_s']:>8.1f}{run['val_loss']:>10.4f}"
                      f"{f(run['reached_iter'], 'd'):>16}{f(run['reached_s'], '.1f'):>9}{f(run['vs_baseline'], '.2f'):>12}"
                      f"{f(run['vs_baseline_steps'], '.2f'):>11}")
     lines += ["x baseline: wall seconds to the target / the baseline's; x (steps): iterations to the target x the "
               "interleaved step time below, / the baseline's (steadier when the machine is shared)",
               "", "ms per iteration: forward, backward, optimizer step (median of interleaved steps), eval, logging (the run's)"]
     for run in runs:
-        lines.append(f"{run['config'] + ' attn=' + run['attn']:<44}" + "".join(
+        lines.append(f"{os.path.basename(run['config']) + ' attn=' + run['attn']:<48}" + "".join(
             f"{run[k + '_ms']:>10.2f}" for k in ("forward", "backward", "optimizer_step", "eval", "log")))
     return "\n".join(lines)
 

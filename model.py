@@ -421,8 +421,8 @@ class GPT(nn.Module):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one kernel updates every parameter, on CUDA, MPS and CPU alike (on 2 CPU cores it takes
-        # the optimizer step of the 0.8M-parameter main job from about 7 ms to 2)
+        # fused: one kernel updates every parameter, on CUDA, MPS and CPU alike (on 2 CPU cores it takes the
+        # main job's optimizer step, gradient clipping included, from about 7.7 ms to 4.1)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
