@@ -55,7 +55,8 @@ def test_dropout_in_training_needs_the_math_kernel_on_cpu():
     CPU runs the math kernel (CUDA's flash kernel has dropout)."""
     model = make_model("softmax", dropout=0.1).train()
     x = torch.randint(0, 37, (2, 8))
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), pytest.raises(RuntimeError, match="No available kernel"):
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), pytest.raises(RuntimeError, match="No available kernel"), \
+            pytest.warns(UserWarning, match="not used because|do not support non-zero dropout"):
         model(x, x)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         model.eval()(x, x)  # no dropout in eval mode: flash again
@@ -153,7 +154,7 @@ def test_time_to_loss_compares_runs_on_the_same_eval_batches(tmp_path, capsys):
     assert runs[1]["reached_iter"] < 10  # ten times the learning rate gets there sooner
     out = capsys.readouterr().out
     assert f"final val loss {target:.4f}" in out and "load average" in out
-    assert sum(line.startswith(main) for line in out.splitlines()) == 4  # two runs, each in both tables
+    assert sum(line.startswith("main.py attn=") for line in out.splitlines()) == 4  # two runs, each in both tables
     bad = tiny_config_file(tmp_path / "bad.py", data, batch_size=8, max_iters=1)
     with pytest.raises(ConfigError, match="batch_size is 4 in .* but 8 in"):
         bench.main(["--time_to_loss", f"--baseline={baseline}", f"--config={bad}"])
