@@ -20,7 +20,7 @@ import os
 import numpy as np
 import torch
 
-from common import DATA_ROOT, load_model
+from common import DATA_ROOT, load_model, open_bin, read_meta
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -101,10 +101,11 @@ def series(g):
 
 
 def val_sequences(path, num_seqs, seq_len, vocab_size):
-    """num_seqs windows of seq_len tokens, evenly spread over the file, so every checkpoint sees the same."""
+    """num_seqs windows of seq_len tokens, evenly spread over the file, so every checkpoint sees the same.
+    The ids are read in the dtype of the meta.pkl beside the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
-    data = np.memmap(path, dtype=np.uint16, mode="r")
+    data = open_bin(path, read_meta(os.path.dirname(path)))
     if len(data) < seq_len:
         raise ValueError(f"{path} has {len(data)} tokens, fewer than --seq_len={seq_len}")
     starts = np.linspace(0, len(data) - seq_len, num_seqs).astype(np.int64)
