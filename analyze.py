@@ -7,8 +7,9 @@ On a few validation sequences (evenly spread over the run's val.bin, the same fo
 per layer and head, from GPT.attention_maps: the weight on the first token (Fig. 4), each query's total
 attention mass (Fig. 3), the head-wise total mass normalised to [0, 1] (Fig. 5), the attention entropy
 (Fig. 6), a 30 x 30 attention heatmap (Fig. 9) and, for affine models, alpha and alpha_ma. From each run's
-metrics.jsonl (next to its checkpoint): the attention-logit magnitude and gradient-norm curves (Fig. 2, 8)
-and the early-training gradient-norm statistics of Tables 4 and 5.
+metrics.jsonl (next to its checkpoint): the training loss (the KD loss when distilling, Fig. 7; its last 20% of
+steps, Fig. 10), the attention-logit magnitude and gradient-norm curves (Fig. 2, 8) and the early-training
+gradient-norm statistics of Tables 4 and 5.
 
 A text summary is always printed; with matplotlib installed, figures go to --plot_dir.
 """
@@ -122,6 +123,14 @@ def read_metrics(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def smooth(iters, values, window=20):
+    """A moving mean over window logged rows (the first window - 1 rows dropped): a per-step loss is too noisy
+    to tell variants apart by eye."""
+    if len(values) < window:
+        return iters, values
+    return iters[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid")
 
 
 def curve(rows, key):
@@ -273,6 +282,20 @@ def plot(runs, plot_dir):
             fig.colorbar(im, ax=ax, fraction=0.046)
         save(fig, name)
 
+    # Fig. 7: the training loss, the KD loss when distilling (the paper's "Loss"); Fig. 10: its last 20% of steps
+    key = "kd" if all(any("kd" in r for r in rows) for _, _, rows in runs) else "loss"
+    curves = [(label, smooth(*curve(rows, key))) for label, _, rows in runs]
+    if all(len(values) for _, (_, values) in curves):
+        for name, tail in (("train_loss.png", 1.0), ("train_loss_end.png", 0.2)):
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            for label, (iters, values) in curves:
+                keep = iters >= iters[-1] * (1 - tail)
+                ax.plot(iters[keep], values[keep], label=label, linewidth=1)
+            ax.set(xlabel="iteration", ylabel=f"training {'KD' if key == 'kd' else 'CE'} loss (moving mean of 20 rows)",
+                   title="last 20% of the steps" if tail < 1 else None)
+            ax.legend()
+            save(fig, name)
+
     for key, name in (("logit_mag", "logit_mag.png"), ("grad_norm", "grad_norm.png")):
         curves = [(label, curve(rows, key)) for label, _, rows in runs]
         if not any(len(values) for _, (_, values) in curves):
@@ -295,7 +318,8 @@ def main(argv=None):
     p.add_argument("--data_dir", help="folder holding val.bin (default: the run's, as train.py: data_dir or data/<dataset>)")
     p.add_argument("--num_seqs", type=int, default=10, help="validation sequences (the paper uses 10)")
     p.add_argument("--seq_len", type=int, help="tokens per sequence (default: the model's block_size)")
-    p.add_argument("--layer", type=int, default=-1, help="layer of the heatmap (default: the last)")
+    p.add_argument("--layer", type=int, help="layer of the heatmap, from 0 (default: the paper's relative depth, "
+                   "its layer 8 of 16: n_layer // 2 - 1)")
     p.add_argument("--head", type=int, help="head of the heatmap (default: the mean over heads, as the paper)")
     p.add_argument("--early_steps", type=int, default=500, help="gradient-norm statistics over iters < this (Tables 4-5), as compare.py")
     p.add_argument("--plot_dir", help="where figures go (default: the checkpoint's folder, or analysis/ for several)")
@@ -315,8 +339,9 @@ def main(argv=None):
         seq_len = args.seq_len or cfg.block_size
         if not 1 <= seq_len <= cfg.block_size:
             p.error(f"--seq_len={seq_len}: {path} takes 1..{cfg.block_size} (its block_size)")
-        if not -cfg.n_layer <= args.layer < cfg.n_layer:
-            p.error(f"--layer={args.layer}: {path} has layers {-cfg.n_layer}..{cfg.n_layer - 1}")
+        layer = max(cfg.n_layer // 2 - 1, 0) if args.layer is None else args.layer
+        if not -cfg.n_layer <= layer < cfg.n_layer:
+            p.error(f"--layer={layer}: {path} has layers {-cfg.n_layer}..{cfg.n_layer - 1}")
         if args.head is not None and not 0 <= args.head < cfg.n_head:
             p.error(f"--head={args.head}: {path} has heads 0..{cfg.n_head - 1}")
         data_dir = args.data_dir or ckpt["config"].get("data_dir")  # as train.py: its data_dir, else data/<dataset>
@@ -324,7 +349,7 @@ def main(argv=None):
             p.error(f"{path} names no dataset in its config: pass --data_dir")
         data_path = os.path.join(data_dir or os.path.join(DATA_ROOT, ckpt["config"]["dataset"]), "val.bin")
         x = val_sequences(data_path, args.num_seqs, seq_len, cfg.vocab_size).to(args.device)
-        stats = attention_stats(model, x, args.layer, args.head)
+        stats = attention_stats(model, x, layer, args.head)
         rows = read_metrics(os.path.join(os.path.dirname(path), "metrics.jsonl"))
         summaries.append(summarize(path, ckpt, cfg, stats, rows, data_path, args.early_steps))
         runs.append((cfg.attn, stats, rows))

@@ -19,7 +19,6 @@ import torch
 from model import GPT, GPTConfig
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_ENCODINGS = ("gpt2", "r50k_base")  # two tiktoken names for the same GPT-2 BPE token ids
 GPT2_VOCAB = 50257  # what data without meta.pkl is: GPT-2 BPE token ids, as in nanoGPT
 
@@ -390,7 +389,7 @@ def pretrained_meta(name, config, setting):
 
 def load_model(name, device="cpu", setting="init_from"):
     """(model, meta, ckpt) from a checkpoint of this repo (a ckpt.pt or an out_dir holding one) or from a
-    pretrained model (a name or a local directory, through transformers). meta tells the tokenizer, as a
+    pretrained GPT-2, LLaMA or Qwen2 (a hub name or a local directory, through transformers). meta tells the tokenizer, as a
     meta.pkl does; ckpt is the checkpoint dict, None for a pretrained model. setting names the setting
     name came from, for the error message."""
     path = checkpoint_path(name)
@@ -400,12 +399,12 @@ def load_model(name, device="cpu", setting="init_from"):
         # a checkpoint of a torch.compile'd model has every key prefixed by the wrapper's attribute name
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
         meta = ckpt.get("meta")
-    elif os.path.isdir(name) or name in GPT2_NAMES:
-        model, ckpt = GPT.from_pretrained(name), None
-        meta = pretrained_meta(name, hf_config(name, setting), setting)
     else:
-        raise ConfigError(f"{setting}={name!r} is no file or directory: expected a ckpt.pt of this repo, an out_dir "
-                          f"holding one, a local GPT-2 directory, or one of {', '.join(GPT2_NAMES)}")
+        meta, ckpt = pretrained_meta(name, hf_config(name, setting), setting), None
+        try:
+            model = GPT.from_pretrained(name)
+        except ValueError as e:  # a causal LM whose blocks model.py does not have
+            raise ConfigError(f"{setting}={name!r}: {e}") from None
     return model.to(device), meta, ckpt
 
 

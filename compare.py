@@ -38,7 +38,9 @@ class CompareConfig:
     # students' attn, seed and log_interval=1) itself.
     teacher_config: str = "config/teacher_shakespeare_char.py"
     student_config: str = "config/kd_shakespeare_char_softmax.py"
-    variants: str = ",".join(ATTN_VARIANTS)  # comma-separated attn values
+    # comma-separated attn values; one may carry student settings after colons, as an ablation row:
+    # "affine:affine_n=prefix" is an affine student with N = prefix (Eq. 8)
+    variants: str = ",".join(ATTN_VARIANTS)
     seeds: str = "1,2"  # comma-separated
     teacher_iters: int = 0  # max_iters (and lr_decay_iters) of the teacher; 0 keeps its config's
     student_iters: int = 0  # ... of every student
@@ -50,8 +52,9 @@ class CompareConfig:
         check_types(self)
         variants = self.variant_list()
         for v in variants:
-            if v not in ATTN_VARIANTS:
-                raise ConfigError(f"unknown variant {v!r} in variants={self.variants!r}; allowed: {', '.join(ATTN_VARIANTS)}")
+            if v.split(":")[0] not in ATTN_VARIANTS:
+                raise ConfigError(f"unknown variant {v!r} in variants={self.variants!r}; allowed: {', '.join(ATTN_VARIANTS)}, "
+                                  f"each maybe followed by settings, e.g. affine:affine_n=prefix")
         try:
             seeds = self.seed_list()
         except ValueError:
@@ -104,15 +107,16 @@ def read_metrics(out_dir):
 
 def table_rows(runs, delta_params, early_steps, last=50):
     """runs: {variant: [(step rows, eval rows) of each seed]}. One dict per variant: the mean and standard
-    deviation (ddof=0) over seeds of the final losses (train: the mean of the last `last` logged steps; val: the
-    last evaluation), the seeds' mean of Tables 4-5's gradient statistics over the steps with iter < early_steps,
+    deviation (ddof=0) over seeds of the final losses (train: the mean of the last `last` logged steps of the
+    objective, its KD part -- the paper's "Loss" -- and its CE part; val: the cross-entropy of the last evaluation), the seeds' mean of Tables 4-5's gradient statistics over the steps with iter < early_steps,
     and under "by_seed" every seed's own value of each."""
     rows = []
     for variant, seeds in runs.items():
-        by_seed = {k: [] for k in ("train_loss", "train_ce", "val_loss", "val_ppl",
+        by_seed = {k: [] for k in ("train_loss", "train_kd", "train_ce", "val_loss", "val_ppl",
                                    "grad_mean", "grad_std", "grad_var", "grad_cv", "spikes_k6", "spikes_k9")}
         for steps, evals in seeds:
             by_seed["train_loss"].append(float(np.mean([r["loss"] for r in steps[-last:]])))
+            by_seed["train_kd"].append(float(np.mean([r["kd"] for r in steps[-last:]])))
             by_seed["train_ce"].append(float(np.mean([r["ce"] for r in steps[-last:]])))
             by_seed["val_loss"].append(evals[-1]["val_loss"])
             by_seed["val_ppl"].append(evals[-1]["val_ppl"])
@@ -122,7 +126,7 @@ def table_rows(runs, delta_params, early_steps, last=50):
             by_seed["spikes_k6"].append(spike_count(g, 6))
             by_seed["spikes_k9"].append(spike_count(g, 9))
         row = {"variant": variant, "delta_params": delta_params[variant], "seeds": len(seeds)}
-        for key in ("train_loss", "train_ce", "val_loss", "val_ppl"):
+        for key in ("train_loss", "train_kd", "train_ce", "val_loss", "val_ppl"):
             row[key], row[key + "_std"] = float(np.mean(by_seed[key])), float(np.std(by_seed[key]))
         for key in ("grad_mean", "grad_std", "grad_var", "grad_cv", "spikes_k6", "spikes_k9"):
             row[key] = float(np.mean(by_seed[key]))
@@ -133,17 +137,17 @@ def table_rows(runs, delta_params, early_steps, last=50):
 
 def markdown(rows, header):
     lines = header + ["",
-        "| variant | Delta-Params | train loss (KD) | train CE | val loss | val ppl | grad mean | grad std | grad var | grad CV | spikes k=6 | spikes k=9 |",
+        "| variant | Delta-Params | KD loss (train) | CE (train) | val CE | val ppl | grad mean | grad std | grad var | grad CV | spikes k=6 | spikes k=9 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         pm = lambda key, fmt: f"{r[key]:{fmt}} +- {r[key + '_std']:{fmt}}"
-        lines.append(f"| {r['variant']} | {r['delta_params']:,} | {pm('train_loss', '.4f')} | {pm('train_ce', '.4f')} | "
+        lines.append(f"| {r['variant']} | {r['delta_params']:,} | {pm('train_kd', '.4f')} | {pm('train_ce', '.4f')} | "
                      f"{pm('val_loss', '.4f')} | {pm('val_ppl', '.3f')} | {r['grad_mean']:.3f} | {r['grad_std']:.3f} | "
                      f"{r['grad_var']:.4f} | {r['grad_cv']:.3f} | {r['spikes_k6']:.1f} | {r['spikes_k9']:.1f} |")
     if len(rows) > 1:
         best, runner_up = sorted(rows, key=lambda r: r["val_loss"])[:2]
         gap = runner_up["val_loss"] - best["val_loss"]
-        line = f"Lowest mean val loss: {best['variant']}, {gap:.4f} below {runner_up['variant']}; "
+        line = f"Lowest mean val CE: {best['variant']}, {gap:.4f} below {runner_up['variant']}; "
         if min(best["seeds"], runner_up["seeds"]) < 2:
             line += "one seed, so no spread across seeds to compare that gap with."
         else:
@@ -167,11 +171,13 @@ def compare(cfg):
     # log_interval=1: Tables 4-5 need every early gradient norm
     students = {}
     for variant in cfg.variant_list():
+        attn, *settings = variant.split(":")
+        spec = " ".join([cfg.student_config] + [shlex.quote("--" + s) for s in settings])
         for seed in cfg.seed_list():
-            students[variant, seed] = run_config(cfg.student_config, cfg.student_iters, attn=variant, seed=seed, loss="kd",
-                                                 teacher=teacher_dir, log_interval=1,
-                                                 out_dir=os.path.join(cfg.out_dir, f"{variant}-s{seed}"), **common)
-    student = students[variant, seed]  # any one: the students differ only in attn, seed and out_dir
+            name = variant.replace(":", "-").replace("=", "")
+            students[variant, seed] = run_config(spec, cfg.student_iters, attn=attn, seed=seed, loss="kd", teacher=teacher_dir,
+                                                 log_interval=1, out_dir=os.path.join(cfg.out_dir, f"{name}-s{seed}"), **common)
+    student = students[cfg.variant_list()[0], seed]  # the first variant's settings describe the students
     if student.max_iters < 1:
         raise ConfigError(f"the students' max_iters={student.max_iters} must be at least 1: the table is made of their steps")
 
@@ -188,7 +194,7 @@ def compare(cfg):
         train(student)
         runs[variant].append(read_metrics(student.out_dir))
     # Delta-Params depends on the shape and the variant only, not on the vocabulary
-    delta_params = {v: param_overhead(replace(student, attn=v).gpt_config(vocab_size=1))[1] for v in runs}
+    delta_params = {v: param_overhead(students[v, seed].gpt_config(vocab_size=1))[1] for v in runs}
     early = min(cfg.early_steps, student.max_iters)
     rows = table_rows(runs, delta_params, early)
 
@@ -199,9 +205,12 @@ def compare(cfg):
               f"Teacher: {teacher.n_layer} layers, {teacher.n_head} heads, {teacher.n_embd} dims, block {teacher.block_size}, {made}. "
               f"Students: {student.n_layer} layers, {student.n_head} heads, {student.n_embd} dims, block {student.block_size}, "
               f"batch {student.batch_size}, {student.max_iters} iters, lr {student.learning_rate:g}, kd_alpha {student.kd_alpha}, "
-              f"tau {student.kd_temperature}. Every variant's student of a seed starts from that seed and draws the same batches.",
+              f"tau {student.kd_temperature}, {student.lr_schedule} schedule; block: pos={student.pos}, norm={student.norm}, "
+              f"mlp={student.mlp}, n_kv_head={student.n_kv_head or student.n_head}, affine_n={student.affine_n}. "
+              f"Every variant's student of a seed starts from that seed and draws the same batches.",
               "",
-              f"Train losses: the mean of the last 50 steps; val: the final evaluation ({student.eval_iters} batches); both "
+              f"KD loss (the paper's \"Loss\", KL(teacher || student) per token) and CE (train): the mean of the last 50 "
+              f"steps; val CE and perplexity: the final evaluation ({student.eval_iters} batches); all "
               f"as mean +- std (ddof=0) over seeds. Gradient norms (before clipping): steps 0-{early - 1}, statistics per "
               f"seed, then the mean over seeds; spikes: steps above median + k * MAD.",
               "",

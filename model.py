@@ -1,6 +1,6 @@
 """
-A GPT-2-style decoder with switchable attention, written to be read next to the paper
-"Affine-Scaled Attention: Towards Flexible and Stable Transformer Attention" (Bae et al., arXiv 2602.23057).
+A decoder with switchable attention, written to be read next to the paper "Affine-Scaled Attention:
+Towards Flexible and Stable Transformer Attention" (Bae et al., arXiv 2602.23057).
 
 config.attn picks the attention:
   softmax       Eq. 1   the baseline
@@ -12,17 +12,27 @@ config.attn picks the attention:
 Every variant has two paths that compute the same function, forward and backward:
   config.fused=False  the eager reference: explicit T x T weights, line by line the paper's equations
   config.fused=True   F.scaled_dot_product_attention, never a T x T matrix in our code
+
+The block around the attention is a few independent settings, so GPT-2 and the paper's students are
+just values of them:
+  GPT-2           pos="learned", norm="layernorm", mlp="gelu", bias=True
+  LLaMA-3.2       pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head < n_head, bias=False
+  Qwen1.5 / 2     the same with qkv_bias=True
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 ATTN_VARIANTS = ("softmax", "sink", "gated", "affine", "affine_gated")
-AFFINE_N = ("prefix", "context")
+AFFINE_N = ("context", "prefix")
+PHI = ("linear_clip", "sigmoid")
+POS = ("learned", "rope")
+NORM = ("layernorm", "rmsnorm")
+MLP_KINDS = ("gelu", "swiglu", "relu2")
 
 
 @dataclass
@@ -31,25 +41,44 @@ class GPTConfig:
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for speed
     n_layer: int = 12
     n_head: int = 12
+    n_kv_head: int = 0  # key/value heads; fewer than n_head is grouped-query attention; 0: n_head
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = True  # bias in Linears and LayerNorms, like GPT-2
+    bias: bool = True  # bias in every Linear and LayerNorm, like GPT-2
+    qkv_bias: bool = False  # bias in the q, k, v projections even when bias=False, like Qwen
+    pos: str = "learned"  # "learned" position embeddings (GPT-2) or "rope" (rotary, LLaMA / Qwen)
+    rope_theta: float = 10000.0
+    rope_scaling: dict = field(default=None)  # LLaMA-3's frequency scaling, as its config.json gives it
+    norm: str = "layernorm"  # or "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu" (GPT-2), "swiglu" (LLaMA / Qwen) or "relu2" (modded-nanogpt, nanochat)
+    mlp_hidden: int = 0  # the MLP's hidden size; 0: 4 * n_embd
+    tie_embeddings: bool = True  # lm_head shares the token embedding's weights
     attn: str = "softmax"  # one of ATTN_VARIANTS
     fused: bool = True  # True: F.scaled_dot_product_attention; False: the eager reference
+    phi: str = "linear_clip"  # phi of Eq. 7: "linear_clip" (Eq. 11) or "sigmoid" (Eq. 10, Table 3's ablation)
     affine_momentum: float = 0.9  # rho of Eq. 9 (the paper uses 0.9 throughout)
-    affine_n: str = "prefix"  # N of Eq. 8: "prefix" = keys this query sees, "context" = block_size
+    affine_n: str = "context"  # N of Eq. 8: "context" = block_size, "prefix" = keys this query sees
 
     def __post_init__(self):
-        if self.attn not in ATTN_VARIANTS:
-            raise ValueError(f"unknown attn={self.attn!r}; allowed: {', '.join(ATTN_VARIANTS)}")
-        if self.affine_n not in AFFINE_N:
-            raise ValueError(f"unknown affine_n={self.affine_n!r}; allowed: {', '.join(AFFINE_N)}")
+        for name, allowed in (("attn", ATTN_VARIANTS), ("affine_n", AFFINE_N), ("phi", PHI), ("pos", POS),
+                              ("norm", NORM), ("mlp", MLP_KINDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name}={getattr(self, name)!r}; allowed: {', '.join(allowed)}")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        self.n_kv_head = self.n_kv_head or self.n_head
+        if self.n_kv_head < 0 or self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"n_head={self.n_head} must be divisible by n_kv_head={self.n_kv_head} "
+                             f"(each key/value head serves the same number of query heads)")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos='rope' rotates pairs of features: the head size n_embd / n_head = "
+                             f"{self.n_embd // self.n_head} must be even")
+        self.mlp_hidden = self.mlp_hidden or 4 * self.n_embd
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
         if not 0.0 <= self.affine_momentum <= 1.0:
@@ -61,6 +90,31 @@ def linear_clipping(x):
     Unlike a sigmoid its slope stays 0.1 over the whole middle range, so alpha does not saturate
     at 0 or 1 and intermediate scales stay reachable (paper section 6)."""
     return torch.clamp(0.1 * x + 0.5, 0.0, 1.0)
+
+
+def rope_frequencies(config):
+    """RoPE's inverse frequencies theta^(-2i/d), i < d/2, with LLaMA-3's rescaling when the config has it:
+    wavelengths longer than original_max_position_embeddings / low_freq_factor are stretched by factor,
+    shorter than ... / high_freq_factor kept, and the ones between interpolated smoothly."""
+    hs = config.n_embd // config.n_head
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)
+    scaling = config.rope_scaling
+    if not scaling or scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+        return inv_freq
+    if scaling.get("rope_type", scaling.get("type")) != "llama3":
+        raise ValueError(f"rope_scaling={scaling!r}: only LLaMA-3's ('rope_type': 'llama3') is implemented")
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((old_len / wavelen - low) / (high - low)).clamp(0.0, 1.0)  # 0: stretch fully, 1: keep
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each pair (x_i, x_{i+d/2}) of x (B, nh, T, hs) by its position's angle, in the half-split
+    layout of LLaMA's Hugging Face weights (not interleaved pairs). cos, sin: (T, hs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -77,8 +131,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
         self.head_size = config.n_embd // config.n_head
         self.block_size = config.block_size
         self.dropout = config.dropout
@@ -86,10 +139,13 @@ class CausalSelfAttention(nn.Module):
         self.attn = config.attn
         self.affine = config.attn in ("affine", "affine_gated")
         self.gated = config.attn in ("gated", "affine_gated")
+        self.phi = linear_clipping if config.phi == "linear_clip" else torch.sigmoid
         self.affine_n = config.affine_n
         self.rho = config.affine_momentum
-        # query, key, value projections for all heads, in one matmul
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # query, key and value projections of all heads in one matmul; keys and values have n_kv_head heads
+        kv_size = config.n_kv_head * self.head_size
+        self.qkv_split = (config.n_embd, kv_size, kv_size)
+        self.c_attn = nn.Linear(config.n_embd, sum(self.qkv_split), bias=config.bias or config.qkv_bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -100,13 +156,20 @@ class CausalSelfAttention(nn.Module):
         if self.affine:
             self.c_alpha = nn.Linear(config.n_embd, config.n_head, bias=config.bias)  # W_a of Eq. 7
             self.register_buffer("alpha_ma", torch.zeros(config.n_head))  # Eq. 9, alpha_ma,0 = 0
+            # the batch means of alpha seen by this optimizer step's training forwards (see update_alpha_ma)
+            self.register_buffer("alpha_sum", torch.zeros(config.n_head), persistent=False)
+            self.register_buffer("alpha_count", torch.zeros(()), persistent=False)
 
-    def forward(self, x, kv=None, record=None):
-        """x: (B, T, C). kv: this layer's KV cache, a dict filled in place (generation).
-        record: a list; if given, the eager path runs and appends this layer's logits, weights, alpha."""
+    def forward(self, x, rope=None, kv=None, record=None):
+        """x: (B, T, C). rope: (cos, sin) of these positions, or None. kv: this layer's KV cache, a dict
+        filled in place (generation). record: a list; if given, the eager path runs and appends this
+        layer's logits, weights, alpha."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q, k, v = self.c_attn(x).split(self.qkv_split, dim=2)
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv_head, self.head_size).transpose(1, 2) for t in (k, v))  # (B, n_kv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv is not None:  # generation: prepend the cached keys and values of earlier tokens
             if "k" in kv:
                 k, v = torch.cat([kv["k"], k], dim=2), torch.cat([kv["v"], v], dim=2)
@@ -117,22 +180,24 @@ class CausalSelfAttention(nn.Module):
 
         alpha = beta = None
         if self.affine:
-            # Eq. 7: alpha(X) = phi(W_a X), one scale per token and head
-            alpha = linear_clipping(self.c_alpha(x)).transpose(1, 2).unsqueeze(-1)  # (B, nh, T, 1)
-            # Eq. 8: beta = (alpha_ma - alpha) / N. N is the number of keys the weights are spread over.
+            alpha = self.phi(self.c_alpha(x)).transpose(1, 2).unsqueeze(-1)  # Eq. 7: (B, nh, T, 1)
+            # Eq. 8: beta = (alpha_ma - alpha) / N. The paper's N is "the key sequence length", there so that
+            # beta's size does not depend on the sequence length. "context": N = block_size for every query,
+            # so a query's total mass alpha + (alpha_ma - alpha) * (keys seen) / N varies with alpha and its
+            # position (Fig. 3), and no output depends on how long the input is (the KV cache stays exact).
+            # "prefix": N = the keys this query sees, so every query's weights sum to exactly alpha_ma and
+            # alpha only trades softmax mass for uniform mass: the per-query mass is a constant per head.
             if self.affine_n == "prefix":
                 N = torch.arange(S - T + 1, S + 1, device=x.device, dtype=alpha.dtype).view(T, 1)
             else:
                 N = self.block_size
-            alpha_ma = self.alpha_ma  # the value before this batch: beta must not see the batch
+            beta = (self.alpha_ma.view(-1, 1, 1).to(alpha.dtype) - alpha) / N  # (B, nh, T, 1)
             if self.training:
-                # Eq. 9: alpha_ma,t = rho alpha_ma,t-1 + (1 - rho) E[alpha_t(X)], E = mean over batch and
-                # positions. beta below uses the value from before the update, so no batch leaks into its
-                # own outputs (nor, through the batch mean, a later position into an earlier one). The new
-                # value is a new tensor, not an in-place update: under torch.compile, AOTAutograd may
-                # recompute beta in the backward from the buffer it read, which must still hold the old value.
-                self.alpha_ma = torch.lerp(alpha_ma, alpha.detach().mean(dim=(0, 2, 3), dtype=alpha_ma.dtype), 1.0 - self.rho)
-            beta = (alpha_ma.view(-1, 1, 1).to(alpha.dtype) - alpha) / N  # (B, nh, T, 1)
+                # Eq. 9's E[alpha_t(X)], the mean over batch and positions, is gathered here and applied once
+                # per optimizer step by update_alpha_ma. New tensors, not in-place updates: under
+                # torch.compile, AOTAutograd may re-read buffers in the backward and must see their old value.
+                self.alpha_sum = self.alpha_sum + alpha.detach().mean(dim=(0, 2, 3), dtype=torch.float32)
+                self.alpha_count = self.alpha_count + 1
 
         if self.fused and record is None:
             y = self._fused(q, k, v, alpha, beta)
@@ -144,8 +209,23 @@ class CausalSelfAttention(nn.Module):
             y = y * torch.sigmoid(self.c_gate(x))  # Eq. 4-5: G(X) = sigmoid(W_a X), elementwise
         return self.resid_dropout(self.c_proj(y))
 
+    @torch.no_grad()
+    def update_alpha_ma(self):
+        """Eq. 9, once per optimizer step t: alpha_ma,t = rho alpha_ma,t-1 + (1 - rho) E[alpha_t(X)], E the
+        mean over the step's whole batch (the micro-batches' means, all of equal size, averaged). beta used
+        the value from before the step, so no batch leaks into its own outputs."""
+        if self.alpha_count > 0:
+            batch_mean = (self.alpha_sum / self.alpha_count).to(self.alpha_ma.dtype)
+            self.alpha_ma = torch.lerp(self.alpha_ma, batch_mean, 1.0 - self.rho)
+        self.alpha_sum, self.alpha_count = torch.zeros_like(self.alpha_sum), torch.zeros_like(self.alpha_count)
+
+    def _repeat_kv(self, t):
+        """Grouped-query attention: key/value head j serves query heads j * rep ... (j + 1) * rep - 1."""
+        return t.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+
     def _eager(self, q, k, v, alpha, beta, record):
         """The reference: explicit (T, S) weights, one paper equation per line."""
+        k, v = self._repeat_kv(k), self._repeat_kv(v)
         T, S = q.size(2), k.size(2)
         visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)  # query i sees keys <= i
         logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # QK^T / sqrt(d_k)
@@ -179,21 +259,23 @@ class CausalSelfAttention(nn.Module):
             # so q.k_sink * scale = s; the sink's value is 0, so it only adds e^s to the denominator, and
             # s gets its exact gradient through that key. Causal SDPA aligns the mask top-left, so under a
             # causal mask a dummy query row goes first too: real query i then sees the sink and keys <= i.
+            # The sink key differs per query head, so grouped keys and values are repeated first.
             B, nh, hs = q.size(0), self.n_head, self.head_size
             sink_k = F.pad((self.sink * math.sqrt(hs)).to(k.dtype).view(1, nh, 1, 1), (hs, 0)).expand(B, nh, 1, hs + 1)
-            k = torch.cat([sink_k, F.pad(k, (0, 1))], dim=2)
-            v = F.pad(v, (0, 1, 1, 0))  # zero value for the sink (and a zero feature to match q and k)
+            k = torch.cat([sink_k, F.pad(self._repeat_kv(k), (0, 1))], dim=2)
+            v_sink = F.pad(self._repeat_kv(v), (0, 1, 1, 0))  # zero value for the sink (and a zero feature)
             q = F.pad(q, (0, 1), value=1.0)
             if causal:
                 q = F.pad(q, (0, 0, 1, 0))
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+            y = F.scaled_dot_product_attention(q, k, v_sink, dropout_p=dropout_p, is_causal=causal, scale=scale)
             y = y[:, :, 1:, :hs] if causal else y[..., :hs]
         else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale,
+                                               enable_gqa=self.n_kv_head != self.n_head)
         if self.affine:
             # Eq. 6 without the T x T matrix: (alpha P + beta M) V = alpha (P V) + beta (M V), where M is the
             # causal mask, so M V is the running sum of the visible values (summed in fp32 for bf16 runs).
-            v_visible_sum = v.cumsum(dim=2, dtype=torch.float32)[:, :, S - T:].to(v.dtype)
+            v_visible_sum = self._repeat_kv(v.cumsum(dim=2, dtype=torch.float32)[:, :, S - T:]).to(v.dtype)
             y = alpha * y + beta * v_visible_sum
         return y
 
@@ -201,25 +283,40 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's own GELU, so GPT-2 weights give GPT-2's logits
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        width = 2 * config.mlp_hidden if self.kind == "swiglu" else config.mlp_hidden  # SwiGLU: gate and up
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")  # GPT-2's own GELU, so GPT-2 weights give GPT-2's logits
+        elif self.kind == "relu2":
+            h = F.relu(h).square()  # ReLU^2 (So et al., Primer), as in modded-nanogpt and nanochat
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up  # SwiGLU (Shazeer, 2020), as in LLaMA and Qwen
+        return self.dropout(self.c_proj(h))
+
+
+def norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)  # x / rms(x) * g (LLaMA, Qwen)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)  # GPT-2
 
 
 class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv=None, record=None):
-        x = x + self.attn(self.ln_1(x), kv, record)
+    def forward(self, x, rope=None, kv=None, record=None):
+        x = x + self.attn(self.ln_1(x), rope, kv, record)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -230,13 +327,20 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=norm(config),
         ))
+        if config.pos == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # RoPE's cos and sin of every position, computed once; not saved, they follow from the config
+            angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), rope_frequencies(config))
+            angles = torch.cat([angles, angles], dim=-1)  # (block_size, hs): the same angle for x_i and x_{i+d/2}
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
         # GPT-2's scaled init of the residual projections: 0.02 / sqrt(2 * n_layer)
         for name, p in self.named_parameters():
@@ -252,10 +356,10 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding=True):
-        """Parameter count; position embeddings are left out by default, as in nanoGPT (the token
-        embeddings count, since they are tied to lm_head)."""
+        """Parameter count; learned position embeddings are left out by default, as in nanoGPT (the token
+        embeddings count: tied, they are lm_head's weights)."""
         n_params = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
@@ -270,10 +374,15 @@ class GPT(nn.Module):
         past = 0 if kv_cache is None or "k" not in kv_cache[0] else kv_cache[0]["k"].size(2)
         if past + T > self.config.block_size:
             raise ValueError(f"cannot forward {past + T} positions, block_size is only {self.config.block_size}")
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.transformer.wpe(torch.arange(past, past + T, dtype=torch.long, device=idx.device))
+        else:
+            rope = (self.rope_cos[past:past + T].to(x.dtype), self.rope_sin[past:past + T].to(x.dtype))
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if kv_cache is None else kv_cache[i], record)
+            x = block(x, rope, None if kv_cache is None else kv_cache[i], record)
         x = self.transformer.ln_f(x)
         if return_hidden:
             return x
@@ -284,6 +393,20 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])  # a list index keeps the time dimension
             loss = None
         return logits, loss
+
+    @torch.no_grad()
+    def update_alpha_ma(self, ddp=False):
+        """Eq. 9 in every affine layer, from the training forwards since the last call: call it once per
+        optimizer step. ddp: first add up the ranks' gathered means, so E is the mean over the global batch
+        and every rank applies the same update (all start from the same alpha_ma, so all stay equal)."""
+        layers = [block.attn for block in self.transformer.h if block.attn.affine]
+        if ddp and layers:
+            sums = torch.stack([torch.cat([a.alpha_sum, a.alpha_count.view(1)]) for a in layers])
+            torch.distributed.all_reduce(sums)  # a sum: gloo has no average
+            for a, s in zip(layers, sums):
+                a.alpha_sum, a.alpha_count = s[:-1].clone(), s[-1].clone()
+        for a in layers:
+            a.update_alpha_ma()
 
     @torch.no_grad()
     def attention_maps(self, idx):
@@ -298,7 +421,7 @@ class GPT(nn.Module):
         return record
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # 2-D weights (matmuls, embeddings) decay; biases, LayerNorm gains and the sink logits do not
+        # 2-D weights (matmuls, embeddings) decay; biases, norm gains and the sink logits do not
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -315,8 +438,8 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         """Sample max_new_tokens after idx (B, T), with a KV cache. The cache holds each layer's keys and
         values, which is all every variant needs (affine's beta needs the sum of the visible values).
-        Beyond block_size the context is cropped to the last block_size tokens, as in nanoGPT; with
-        learned positions every token then moves, so the cache is refilled from the cropped context."""
+        Beyond block_size the context is cropped to the last block_size tokens, as in nanoGPT; every token
+        then has a new position, so the cache is refilled from the cropped context."""
         was_training = self.training
         self.eval()  # sampling must never update alpha_ma
         kv_cache = None
@@ -338,30 +461,83 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, **overrides):
-        """GPT-2 weights through transformers: a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a
-        local directory written by save_pretrained (works offline). overrides set other GPTConfig fields
-        (attn, fused, dropout, ...); a non-softmax attn keeps its extra parameters at their initial values."""
+        """The weights of a Hugging Face GPT-2, LLaMA or Qwen2 causal LM: a hub name (gpt2, Qwen/Qwen1.5-0.5B,
+        meta-llama/Llama-3.2-1B, ...) or a local directory written by save_pretrained (works offline).
+        overrides set other GPTConfig fields (attn, fused, dropout, ...; block_size too for RoPE models); a
+        non-softmax attn keeps its extra parameters at their initial values."""
         try:
-            from transformers import GPT2LMHeadModel
+            from transformers import AutoModelForCausalLM
         except ImportError:
-            raise ImportError("loading GPT-2 weights needs the optional package transformers: pip install transformers") from None
-        hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
-        hc = hf.config
-        for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias"):
-            if key in overrides:
-                raise ValueError(f"{key} comes from the checkpoint {name_or_dir!r} and cannot be overridden")
-        config = GPTConfig(n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd, block_size=hc.n_positions,
-                           vocab_size=hc.vocab_size, bias=True, **overrides)
-        model = cls(config)
-        sd = model.state_dict()
+            raise ImportError("loading pretrained weights needs the optional package transformers: "
+                              "pip install transformers") from None
+        hf = AutoModelForCausalLM.from_pretrained(name_or_dir).float()
+        shape = hf_shape(hf.config)
+        fixed = set(shape) - ({"block_size"} if shape.get("pos") == "rope" else set())
+        for key in fixed & set(overrides):
+            raise ValueError(f"{key} comes from the checkpoint {name_or_dir!r} and cannot be overridden")
+        model = cls(GPTConfig(**{**shape, **overrides}))
         sd_hf = hf.state_dict()
-        # GPT-2 stores these four as Conv1D (in, out); nn.Linear wants (out, in)
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-        for key, value in sd_hf.items():
-            if key.endswith((".attn.masked_bias", ".attn.bias")) or key not in sd:
-                continue  # causal-mask buffers of older transformers versions
-            sd[key].copy_(value.t() if key.endswith(transposed) else value)
+        ours = gpt2_state(sd_hf) if hf.config.model_type == "gpt2" else llama_state(sd_hf, model.config.n_layer)
+        sd = model.state_dict()
+        new = ("attn.sink", "attn.c_gate.", "attn.c_alpha.", "attn.alpha_ma")  # the variants' own, left at init
+        if model.config.tie_embeddings:
+            ours.pop("lm_head.weight", None)  # the same tensor as wte's
+            new += ("lm_head.weight",)
+        unfilled = [k for k in sd if k not in ours and not any(n in k for n in new)]
+        if unfilled:
+            raise ValueError(f"{name_or_dir!r} has no weights for {', '.join(unfilled[:3])}")
+        for key, value in ours.items():
+            sd[key].copy_(value)
         return model
+
+
+def hf_shape(hc):
+    """The GPTConfig fields of a transformers config of GPT-2, LLaMA or Qwen2."""
+    if hc.model_type == "gpt2":
+        return dict(n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd, block_size=hc.n_positions,
+                    vocab_size=hc.vocab_size, bias=True, norm_eps=hc.layer_norm_epsilon)
+    if hc.model_type not in ("llama", "qwen2"):
+        raise ValueError(f"model_type={hc.model_type!r} is not a GPT-2, LLaMA or Qwen2 checkpoint")
+    head_dim = getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads
+    if head_dim * hc.num_attention_heads != hc.hidden_size or hc.hidden_act != "silu" or getattr(hc, "mlp_bias", False) \
+            or getattr(hc, "use_sliding_window", False) or (hc.model_type == "llama" and hc.attention_bias):
+        raise ValueError(f"this {hc.model_type} checkpoint has a head_dim, activation, bias or sliding window "
+                         f"that the LLaMA / Qwen2 block of model.py does not have")
+    # transformers 5 keeps theta and LLaMA-3's scaling in rope_parameters, 4.x in rope_theta and rope_scaling
+    rope = dict(getattr(hc, "rope_parameters", None) or getattr(hc, "rope_scaling", None) or {})
+    theta = rope.pop("rope_theta", None) or getattr(hc, "rope_theta", 10000.0)
+    scaled = rope.get("rope_type", rope.get("type")) not in (None, "default")
+    return dict(n_layer=hc.num_hidden_layers, n_head=hc.num_attention_heads, n_kv_head=hc.num_key_value_heads,
+                n_embd=hc.hidden_size, block_size=hc.max_position_embeddings, vocab_size=hc.vocab_size, bias=False,
+                qkv_bias=hc.model_type == "qwen2", pos="rope", rope_theta=float(theta),
+                rope_scaling=rope if scaled else None, norm="rmsnorm", norm_eps=hc.rms_norm_eps, mlp="swiglu",
+                mlp_hidden=hc.intermediate_size, tie_embeddings=hc.tie_word_embeddings)
+
+
+def gpt2_state(sd_hf):
+    """Our names are GPT-2's; it stores four matmuls as Conv1D (in, out), where nn.Linear wants (out, in)."""
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    return {k: v.t() if k.endswith(transposed) else v for k, v in sd_hf.items()
+            if not k.endswith((".attn.masked_bias", ".attn.bias"))}  # causal-mask buffers of older versions
+
+
+def llama_state(sd_hf, n_layer):
+    """LLaMA / Qwen2 names to ours: q, k, v stacked into c_attn, SwiGLU's gate and up into c_fc."""
+    ours = {"transformer.wte.weight": sd_hf["model.embed_tokens.weight"],
+            "transformer.ln_f.weight": sd_hf["model.norm.weight"]}
+    if "lm_head.weight" in sd_hf:
+        ours["lm_head.weight"] = sd_hf["lm_head.weight"]
+    for i in range(n_layer):
+        hf, h = f"model.layers.{i}.", f"transformer.h.{i}."
+        ours[h + "ln_1.weight"] = sd_hf[hf + "input_layernorm.weight"]
+        ours[h + "ln_2.weight"] = sd_hf[hf + "post_attention_layernorm.weight"]
+        for kind in ("weight", "bias"):
+            if hf + f"self_attn.q_proj.{kind}" in sd_hf:
+                ours[h + f"attn.c_attn.{kind}"] = torch.cat([sd_hf[hf + f"self_attn.{p}_proj.{kind}"] for p in "qkv"])
+        ours[h + "attn.c_proj.weight"] = sd_hf[hf + "self_attn.o_proj.weight"]
+        ours[h + "mlp.c_fc.weight"] = torch.cat([sd_hf[hf + "mlp.gate_proj.weight"], sd_hf[hf + "mlp.up_proj.weight"]])
+        ours[h + "mlp.c_proj.weight"] = sd_hf[hf + "mlp.down_proj.weight"]
+    return ours
 
 
 def param_overhead(config):
@@ -373,24 +549,33 @@ def param_overhead(config):
     return n, n - n_softmax
 
 
-# the paper's three student shapes (Tables 1-2); bias=False like those models' projections
+# The paper's three students (Tables 1-2), as their Hugging Face config.json files give them.
+LLAMA_BLOCK = dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+LLAMA3_ROPE = dict(rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
 PAPER_SHAPES = {
-    "Qwen1.5-0.5B": dict(n_layer=24, n_head=16, n_embd=1024),
-    "LLaMA-3.2-1B": dict(n_layer=16, n_head=32, n_embd=2048),
-    "LLaMA-3.2-3B": dict(n_layer=28, n_head=24, n_embd=3072),
+    "Qwen1.5-0.5B": dict(n_layer=24, n_head=16, n_kv_head=16, n_embd=1024, mlp_hidden=2816, vocab_size=151936,
+                         block_size=32768, rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, tie_embeddings=False,
+                         **LLAMA_BLOCK),
+    "LLaMA-3.2-1B": dict(n_layer=16, n_head=32, n_kv_head=8, n_embd=2048, mlp_hidden=8192, vocab_size=128256,
+                         block_size=131072, tie_embeddings=True, **LLAMA3_ROPE, **LLAMA_BLOCK),
+    "LLaMA-3.2-3B": dict(n_layer=28, n_head=24, n_kv_head=8, n_embd=3072, mlp_hidden=8192, vocab_size=128256,
+                         block_size=131072, tie_embeddings=True, **LLAMA3_ROPE, **LLAMA_BLOCK),
 }
 
 
 def overhead_table():
-    """Markdown table of Delta-Params (millions) for every variant on the paper's student shapes."""
-    lines = ["| shape | " + " | ".join(ATTN_VARIANTS) + " |", "|---" * (len(ATTN_VARIANTS) + 1) + "|"]
+    """Markdown table of total parameters and Delta-Params (millions) of every variant on the paper's students."""
+    lines = ["| student | parameters | " + " | ".join(f"Delta {a}" for a in ATTN_VARIANTS[1:]) + " |",
+             "|---" * len(ATTN_VARIANTS) + "|---|"]
     for name, shape in PAPER_SHAPES.items():
-        deltas = [param_overhead(GPTConfig(**shape, attn=a, bias=False))[1] / 1e6 for a in ATTN_VARIANTS]
-        lines.append(f"| {name} | " + " | ".join(f"{d:.2f}M" for d in deltas) + " |")
+        total = param_overhead(GPTConfig(**shape))[0]
+        deltas = [param_overhead(GPTConfig(**shape, attn=a))[1] / 1e6 for a in ATTN_VARIANTS[1:]]
+        lines.append(f"| {name} | {total / 1e6:,.1f}M | " + " | ".join(f"{d:.2f}M" for d in deltas) + " |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print("Delta-Params over softmax attention (paper Tables 1-2: sink 0.0; affine 0.4 / 1.0 / 2.1 M;")
-    print("gated 67.1 / 264.2 M and affine_gated 68.2 / 266.3 M for 1B / 3B)")
+    print("Parameters and Delta-Params over softmax attention of the paper's students (paper Tables 1-2: sink 0.0;")
+    print("affine 0.4 / 1.0 / 2.1 M; gated 67.1 / 264.2 M and affine_gated 68.2 / 266.3 M for 1B / 3B)")
     print(overhead_table())

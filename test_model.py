@@ -19,13 +19,20 @@ import compare as compare_module
 import train as train_module
 from common import load_config
 from compare import CompareConfig, compare, markdown, read_metrics, run_config, table_rows
-from model import ATTN_VARIANTS, GPT, GPTConfig, linear_clipping, param_overhead
+from model import ATTN_VARIANTS, GPT, PAPER_SHAPES, GPTConfig, linear_clipping, param_overhead
 from sample import SampleConfig, sample
 import common
 from common import ConfigError
 from train import NonFiniteLoss, TrainConfig, attention_stats, get_lr, train
 
 AFFINE = ("affine", "affine_gated")
+# the block settings around the attention: GPT-2's, LLaMA / Qwen's (with grouped-query attention, one key/value
+# head for two query heads, and Qwen's q/k/v bias), and the RoPE + ReLU^2 block with an untied lm_head
+BLOCKS = {
+    "gpt2": {},
+    "llama": dict(pos="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=24, n_kv_head=1, bias=False, qkv_bias=True),
+    "relu2": dict(pos="rope", mlp="relu2", tie_embeddings=False),
+}
 
 
 def tiny_config(attn="softmax", **kw):
@@ -45,6 +52,8 @@ def make_model(attn="softmax", seed=0, **kw):
             if attn in AFFINE:
                 a.c_alpha.weight.normal_(0.0, 3.0)  # pre-activations well beyond +-5: clipped and linear parts
                 a.alpha_ma.uniform_(0.2, 0.8)
+            if a.c_attn.bias is not None:
+                a.c_attn.bias.normal_(0.0, 0.5)
     return model
 
 
@@ -66,9 +75,11 @@ def batch(B=3, T=16, vocab=37, seed=1):
 
 
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("attn, affine_n", [(a, "prefix") for a in ATTN_VARIANTS] + [(a, "context") for a in AFFINE])
-def test_fused_matches_eager(attn, affine_n, training):
-    base = make_model(attn, affine_n=affine_n)
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("attn, affine_n, phi", [(a, "context", "linear_clip") for a in ATTN_VARIANTS] +
+                         [(a, "prefix", "linear_clip") for a in AFFINE] + [("affine", "context", "sigmoid")])
+def test_fused_matches_eager(attn, affine_n, phi, block, training):
+    base = make_model(attn, affine_n=affine_n, phi=phi, **BLOCKS[block])
     eager, fused = with_path(base, False).train(training), with_path(base, True).train(training)
     x, y = batch()
     logits_e, loss_e = eager(x, y)
@@ -80,6 +91,8 @@ def test_fused_matches_eager(attn, affine_n, training):
     for name, p in fused.named_parameters():
         assert p.grad is not None, name
         torch.testing.assert_close(p.grad, grads_e[name].grad, atol=1e-6, rtol=1e-4, msg=name)
+    eager.update_alpha_ma()
+    fused.update_alpha_ma()
     for (name, b_e), b_f in zip(eager.named_buffers(), fused.buffers()):  # alpha_ma updated identically
         torch.testing.assert_close(b_f, b_e, msg=name)
 
@@ -174,17 +187,36 @@ def test_affine_hand_example(fused, affine_n):
     attn.train()
     y = attn(x)
     torch.testing.assert_close(y[0, :, 0], torch.stack(expected))
-    # Eq. 9 after the forward: rho * 0.6 + (1 - rho) * mean(alpha)
+    # Eq. 9 at the optimizer step: rho * 0.6 + (1 - rho) * mean(alpha)
+    assert attn.alpha_ma.item() == pytest.approx(0.6)  # the forward alone does not move it
+    attn.update_alpha_ma()
     torch.testing.assert_close(attn.alpha_ma, torch.tensor([0.9 * 0.6 + 0.1 * sum(alpha) / 3]))
 
 
-def test_affine_weights_mass():
-    """With N = prefix the weights of each query sum to alpha + (i+1) beta = alpha_ma, whatever alpha is."""
-    model = make_model("affine")
+def test_sigmoid_phi_is_eq10():
+    """Table 3's ablation: alpha = sigmoid(W_a X) instead of linear clipping, the same in both paths."""
+    model = make_model("affine", phi="sigmoid").eval()
+    x = torch.randn(2, 5, 16)
+    a = model.transformer.h[0].attn
     maps = model.attention_maps(batch()[0])
-    for layer, block in zip(maps, model.transformer.h):
-        mass = layer["weights"].sum(-1)
-        torch.testing.assert_close(mass, block.attn.alpha_ma.view(1, -1, 1).expand_as(mass))
+    h = model.transformer.h[0].ln_1(model.transformer.wte(batch()[0]) + model.transformer.wpe(torch.arange(16)))
+    torch.testing.assert_close(maps[0]["alpha"][..., 0], torch.sigmoid(a.c_alpha(h)).transpose(1, 2))
+
+
+def test_affine_weights_mass():
+    """Query i sees i + 1 keys, so its weights sum to alpha + (i + 1) beta = alpha + (alpha_ma - alpha) (i + 1) / N.
+    N = prefix (i + 1): exactly alpha_ma, whatever alpha is. N = context (block_size): it moves with alpha."""
+    for affine_n in ("prefix", "context"):
+        model = make_model("affine", affine_n=affine_n)
+        maps = model.attention_maps(batch()[0])
+        seen = torch.arange(1, 17).view(1, 1, 16)
+        N = seen if affine_n == "prefix" else 16
+        for layer, block in zip(maps, model.transformer.h):
+            mass, alpha = layer["weights"].sum(-1), layer["alpha"][..., 0]
+            alpha_ma = block.attn.alpha_ma.view(1, -1, 1)
+            torch.testing.assert_close(mass, alpha + (alpha_ma - alpha) * seen / N)
+            if affine_n == "context":
+                assert mass[..., :8].std() > 0.05  # not a constant per head: Fig. 3's spread is possible
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,11 +225,12 @@ def test_affine_weights_mass():
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("block", ["gpt2", "llama"])
 @pytest.mark.parametrize("attn", ATTN_VARIANTS)
-def test_causal(attn, fused, training):
+def test_causal(attn, block, fused, training):
     """Changing token t changes no logit before t, in train mode too, where the batch mean of alpha
     feeds alpha_ma: that update comes after the forward and so cannot carry future tokens back."""
-    model = with_path(make_model(attn), fused).train(training)
+    model = with_path(make_model(attn, **BLOCKS[block]), fused).train(training)
     x, _ = batch(B=2)
     t = 9
     x2 = x.clone()
@@ -207,7 +240,9 @@ def test_causal(attn, fused, training):
     logits2, _ = m2(x2, x2)
     torch.testing.assert_close(logits1[:, :t], logits2[:, :t], atol=0, rtol=0)
     assert (logits1[:, t:] - logits2[:, t:]).abs().max() > 1e-3
-    if training and attn in AFFINE:  # a second step reads alpha_ma, which did see the future tokens
+    if training and attn in AFFINE:  # the next step reads alpha_ma, which did see the future tokens
+        m1.update_alpha_ma()
+        m2.update_alpha_ma()
         assert not torch.equal(m1.transformer.h[0].attn.alpha_ma, m2.transformer.h[0].attn.alpha_ma)
 
 
@@ -221,7 +256,10 @@ def test_alpha_ma_semantics():
     for b, o in zip(model.transformer.h, old):
         assert torch.equal(b.attn.alpha_ma, o)
     model.train()
-    model(x, y)  # train mode: Eq. 9 with the alpha this very forward computed
+    model(x, y)  # train mode: the forward gathers the batch mean of alpha, the step applies Eq. 9 once
+    for b, o in zip(model.transformer.h, old):
+        assert torch.equal(b.attn.alpha_ma, o)
+    model.update_alpha_ma()
     rho = model.config.affine_momentum
     for b, o, layer in zip(model.transformer.h, old, maps):
         expected = rho * o + (1 - rho) * layer["alpha"].mean(dim=(0, 2, 3))
@@ -234,14 +272,54 @@ def test_alpha_ma_semantics():
     assert torch.equal(fresh.transformer.h[1].attn.alpha_ma, model.transformer.h[1].attn.alpha_ma)
 
 
+def test_alpha_ma_is_one_update_per_step_whatever_the_micro_steps():
+    """Eq. 9's t is the optimizer step and E the mean over its batch: one step on a batch of 8 and two
+    micro-steps of 4 on the same 8 sequences leave the same alpha_ma."""
+    x, y = batch(B=8)
+    whole, split = make_model("affine").train(), make_model("affine").train()
+    whole(x, y)
+    whole.update_alpha_ma()
+    for half in (slice(0, 4), slice(4, 8)):
+        split(x[half], y[half])
+    split.update_alpha_ma()
+    for a, b in zip(whole.transformer.h, split.transformer.h):
+        torch.testing.assert_close(b.attn.alpha_ma, a.attn.alpha_ma, atol=1e-7, rtol=0)
+        assert a.attn.alpha_count == 0 and b.attn.alpha_count == 0  # gathered means consumed
+
+
+def alpha_ma_on_rank(rank, world, init_file, out_dir):
+    """One DDP rank (gloo, CPU): a training forward on this rank's share of the batch, then Eq. 9."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    x, y = batch(B=8)
+    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    model = make_model("affine").train()
+    model(x[share], y[share])
+    model.update_alpha_ma(ddp=True)
+    torch.save([b.attn.alpha_ma for b in model.transformer.h], os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_alpha_ma_does_not_depend_on_the_number_of_ranks(tmp_path):
+    """Two DDP ranks with 4 sequences each end with the alpha_ma of one process with all 8."""
+    torch.multiprocessing.spawn(alpha_ma_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    x, y = batch(B=8)
+    single = make_model("affine").train()
+    single(x, y)
+    single.update_alpha_ma()
+    for rank in range(2):
+        for got, block in zip(torch.load(tmp_path / f"rank{rank}.pt"), single.transformer.h):
+            torch.testing.assert_close(got, block.attn.alpha_ma, atol=1e-7, rtol=0)
+
+
 # --------------------------------------------------------------------------------------------------
 # generation with a KV cache
 
 
 @pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("attn", ATTN_VARIANTS)
-def test_kv_cache_logits_equal_full_forward(attn, fused):
-    model = with_path(make_model(attn), fused).eval()
+def test_kv_cache_logits_equal_full_forward(attn, block, fused):
+    model = with_path(make_model(attn, **BLOCKS[block]), fused).eval()
     x, _ = batch(B=2)
     kv_cache = [{} for _ in model.transformer.h]
     logits, _ = model(x[:, :5], kv_cache=kv_cache)
@@ -253,10 +331,11 @@ def test_kv_cache_logits_equal_full_forward(attn, fused):
     torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("block", ["gpt2", "llama"])
 @pytest.mark.parametrize("attn", ATTN_VARIANTS)
-def test_generate_matches_uncached_beyond_block_size(attn):
+def test_generate_matches_uncached_beyond_block_size(attn, block):
     """generate() with its cache draws the same tokens as nanoGPT's uncached loop, past block_size too."""
-    model = make_model(attn).eval()
+    model = make_model(attn, **BLOCKS[block]).eval()
     prompt = batch(B=2)[0][:, :6]
     torch.manual_seed(123)
     cached = model.generate(prompt, max_new_tokens=30, temperature=1.0, top_k=10)
@@ -285,9 +364,9 @@ def test_generate_leaves_alpha_ma_and_mode_alone():
 # torch.compile: one graph, same numbers
 
 
-@pytest.mark.parametrize("attn", ["sink", "affine_gated"])
-def test_compile_fullgraph_matches_eager(attn):
-    base = make_model(attn).train()
+@pytest.mark.parametrize("attn, block", [("sink", "gpt2"), ("affine_gated", "gpt2"), ("affine", "llama")])
+def test_compile_fullgraph_matches_eager(attn, block):
+    base = make_model(attn, **BLOCKS[block]).train()
     eager, fused = with_path(base, False), with_path(base, True)
     compiled = torch.compile(fused, fullgraph=True)  # fullgraph: a graph break is an error
     x, y = batch()
@@ -297,6 +376,8 @@ def test_compile_fullgraph_matches_eager(attn):
         torch.testing.assert_close(logits_c, logits_e, atol=1e-5, rtol=1e-5)
         loss_e.backward()
         loss_c.backward()
+        eager.update_alpha_ma()  # what train.py does after every optimizer step
+        fused.update_alpha_ma()
     grads_e = dict(eager.named_parameters())
     for name, p in fused.named_parameters():
         torch.testing.assert_close(p.grad, grads_e[name].grad, atol=1e-6, rtol=1e-4, msg=name)
@@ -327,6 +408,64 @@ def test_from_pretrained_matches_transformers(tmp_path, attn):
         assert not torch.allclose(logits, expected, atol=1e-3)
 
 
+def tiny_hf(transformers, kind):
+    """A tiny random LLaMA (grouped-query attention, a non-default rope_theta, LLaMA-3's rope scaling,
+    tied) or Qwen2 (q/k/v biases made non-zero, untied), as transformers builds them."""
+    shape = dict(vocab_size=53, hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=24)
+    if kind == "llama":
+        rope = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16}
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape, rope_theta=500.0, rope_scaling=rope,
+                                                                     tie_word_embeddings=True))
+    else:
+        hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape, rope_theta=3000.0, tie_word_embeddings=False))
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0.0, 0.5)
+    return hf.eval()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_from_pretrained_llama_and_qwen2_match_transformers(tmp_path, kind, fused):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = tiny_hf(transformers, kind)
+    hf.save_pretrained(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path), fused=fused).eval()
+    assert (model.config.n_kv_head, model.config.qkv_bias) == (2, kind == "qwen2")
+    assert (model.config.rope_scaling is not None) == (kind == "llama")
+    x = torch.randint(0, 53, (2, 24))
+    with torch.no_grad():
+        expected = hf(x).logits
+    logits, _ = model(x, x)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+    kv_cache = [{} for _ in model.transformer.h]  # and token by token through the KV cache
+    for t in range(24):
+        step, _ = model(x[:, t:t + 1], kv_cache=kv_cache)
+        torch.testing.assert_close(step[:, -1], expected[:, t], atol=1e-4, rtol=0)
+
+
+def test_from_pretrained_llama_with_a_variant_keeps_the_weights(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    tiny_hf(transformers, "llama").save_pretrained(tmp_path)
+    model = GPT.from_pretrained(str(tmp_path), attn="affine_gated", block_size=16)
+    plain = GPT.from_pretrained(str(tmp_path))
+    assert model.config.block_size == 16 and model.transformer.h[0].attn.alpha_ma.abs().sum() == 0
+    torch.testing.assert_close(model.transformer.h[1].attn.c_attn.weight, plain.transformer.h[1].attn.c_attn.weight)
+    with pytest.raises(ValueError, match="n_layer comes from the checkpoint"):
+        GPT.from_pretrained(str(tmp_path), n_layer=3)
+
+
+def test_paper_students_have_the_published_sizes():
+    """LLaMA-3.2-1B 1.24B and 3B 3.21B parameters; Qwen1.5-0.5B 0.62B (untied embeddings in its config.json)."""
+    totals = {name: param_overhead(GPTConfig(**shape))[0] for name, shape in PAPER_SHAPES.items()}
+    assert totals == {"Qwen1.5-0.5B": 619_570_176, "LLaMA-3.2-1B": 1_235_814_400, "LLaMA-3.2-3B": 3_212_749_824}
+
+
 def test_from_pretrained_without_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # makes the import fail
     with pytest.raises(ImportError, match="pip install transformers"):
@@ -345,11 +484,22 @@ def test_param_overhead():
     for (L, H, D, attn), millions in paper.items():
         _, delta = param_overhead(GPTConfig(n_layer=L, n_head=H, n_embd=D, attn=attn, bias=False))
         assert round(delta / 1e6, 1) == millions, (L, H, D, attn)
+    for name, shape in PAPER_SHAPES.items():  # the same on the students themselves, grouped-query attention and all
+        L, H, D = shape["n_layer"], shape["n_head"], shape["n_embd"]
+        for attn in ("affine", "gated", "affine_gated"):
+            if (L, H, D, attn) in paper:
+                assert round(param_overhead(GPTConfig(**shape, attn=attn))[1] / 1e6, 1) == paper[L, H, D, attn]
 
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(attn="linear"), ["'linear'", "softmax", "affine_gated"]),
     (dict(affine_n="sequence"), ["'sequence'", "prefix", "context"]),
+    (dict(n_kv_head=3), ["n_head=2", "n_kv_head=3"]),
+    (dict(pos="rope", n_embd=6), ["head size", "3", "even"]),
+    (dict(norm="batchnorm"), ["'batchnorm'", "layernorm", "rmsnorm"]),
+    (dict(mlp="geglu"), ["'geglu'", "gelu", "swiglu", "relu2"]),
+    (dict(phi="tanh"), ["'tanh'", "linear_clip", "sigmoid"]),
+    (dict(pos="alibi"), ["'alibi'", "learned", "rope"]),
     (dict(n_embd=30, n_head=4), ["n_embd=30", "n_head=4"]),
     (dict(affine_momentum=1.5), ["1.5"]),
     (dict(dropout=-0.1), ["-0.1"]),
@@ -622,9 +772,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     real_forward_loss = train_module.forward_loss
 
-    def nan_loss(*args):
+    def nan_loss(*args):  # in training steps; evaluations (no grad) use forward_loss too and stay finite
         loss, ce, kd = real_forward_loss(*args)
-        return loss * float("nan"), ce, kd
+        return (loss * float("nan") if torch.is_grad_enabled() else loss), ce, kd
 
     monkeypatch.setattr(train_module, "forward_loss", nan_loss)
     # eval_interval=1 with always_save_checkpoint: the evaluation right after the bad step would save
@@ -841,7 +991,7 @@ def test_attention_heatmap():
 def make_run(tmp_path, attn, vocab=50, T=24):
     """A tiny random checkpoint, its val.bin and a metrics.jsonl, laid out as train.py does."""
     torch.manual_seed(0)
-    config = GPTConfig(block_size=T, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16, attn=attn)
+    config = GPTConfig(block_size=T, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16, attn=attn, affine_n="prefix")
     model = GPT(config)
     if attn == "affine":
         for block in model.transformer.h:
@@ -886,7 +1036,7 @@ def test_analyze_end_to_end(tmp_path, capsys):
     assert "grad_norm at iters < 500 (40 logged" in summary and "spikes k=6: 5, k=9: 5" in summary
     assert "val_loss: 3.5 (iter 400)" in summary
     pytest.importorskip("matplotlib")
-    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm"):
+    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm", "train_loss", "train_loss_end"):
         assert (plot_dir / f"{name}.png").stat().st_size > 0
 
 
@@ -931,8 +1081,10 @@ def test_every_config_file_loads(monkeypatch):
 def hand_made_run(final_loss, val_loss, grads, n_tail=0, tail_loss=None):
     """(step rows, eval rows) as read_metrics returns them: one step row per iter with the given gradient
     norms and loss final_loss, then n_tail more steps of loss tail_loss and gradient norm 100."""
-    steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "grad_norm": g} for i, g in enumerate(grads)]
-    steps += [{"iter": len(grads) + i, "loss": tail_loss, "ce": tail_loss + 1, "grad_norm": 100.0} for i in range(n_tail)]
+    steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "kd": final_loss - 0.5, "grad_norm": g}
+             for i, g in enumerate(grads)]
+    steps += [{"iter": len(grads) + i, "loss": tail_loss, "ce": tail_loss + 1, "kd": tail_loss - 0.5, "grad_norm": 100.0}
+              for i in range(n_tail)]
     evals = [{"iter": 0, "val_loss": 9.0, "val_ppl": math.exp(9.0)},
              {"iter": len(steps), "val_loss": val_loss, "val_ppl": math.exp(val_loss)}]
     return steps, evals
@@ -949,6 +1101,7 @@ def test_table_rows_means_stds_spikes_and_windows():
     assert (soft["variant"], soft["delta_params"], soft["seeds"]) == ("softmax", 0, 2)
     assert soft["train_loss"] == pytest.approx(2.2) and soft["train_loss_std"] == pytest.approx(0.2)  # ddof=0
     assert soft["train_ce"] == pytest.approx(3.2) and soft["train_ce_std"] == pytest.approx(0.2)
+    assert soft["train_kd"] == pytest.approx(1.7) and soft["train_kd_std"] == pytest.approx(0.2)
     assert soft["val_loss"] == pytest.approx(3.2) and soft["val_loss_std"] == pytest.approx(0.2)  # the last eval
     assert soft["val_ppl"] == pytest.approx((math.exp(3.0) + math.exp(3.4)) / 2)
     assert soft["grad_mean"] == pytest.approx(1.0) and soft["grad_var"] == pytest.approx(np.var(steady))
@@ -967,12 +1120,12 @@ def test_markdown_states_the_winner_and_the_spread_as_measured():
             "affine": [hand_made_run(2.0, 3.05, [1.0, 1.1]), hand_made_run(2.0, 3.05, [1.0, 1.1])]}
     text = markdown(table_rows(runs, {"softmax": 0, "affine": 64}, early_steps=2), ["# header"])
     assert text.count("\n| ") == 3  # the column names and one row per variant
-    assert "| affine | 64 | 2.0000 +- 0.0000 | 3.0000 +- 0.0000 | 3.0500 +- 0.0000 |" in text
+    assert "| affine | 64 | 1.5000 +- 0.0000 | 3.0000 +- 0.0000 | 3.0500 +- 0.0000 |" in text
     # affine's 3.05 is 0.05 below softmax's 3.1, less than softmax's std of 0.1 across seeds
-    assert "Lowest mean val loss: affine, 0.0500 below softmax; that gap is not larger than the std across seeds (0.1000)." in text
+    assert "Lowest mean val CE: affine, 0.0500 below softmax; that gap is not larger than the std across seeds (0.1000)." in text
     one_seed = {v: seeds[:1] for v, seeds in runs.items()}
     text = markdown(table_rows(one_seed, {"softmax": 0, "affine": 64}, early_steps=2), ["# header"])
-    assert "Lowest mean val loss: softmax, 0.0500 below affine; one seed, so no spread" in text
+    assert "Lowest mean val CE: softmax, 0.0500 below affine; one seed, so no spread" in text
 
 
 def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
@@ -984,7 +1137,8 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     (tmp_path / "student.py").write_text(common + "loss, teacher = 'kd', 'set by compare.py'\n")
     out = tmp_path / "cmp"
     argv = [f"--out_dir={out}", f"--teacher_config={tmp_path / 'teacher.py'}", f"--data_dir={data}", "--seeds=1,2",
-            f"--student_config={tmp_path / 'student.py'} --n_embd=24", "--variants=softmax,affine", "--early_steps=500"]
+            f"--student_config={tmp_path / 'student.py'} --n_embd=24", "--variants=softmax,affine:affine_n=prefix",
+            "--early_steps=500"]
     cfg = load_config(argv, CompareConfig)
 
     # every batch of the train split each run draws, by run: students of one seed must draw the same ones
@@ -1005,14 +1159,16 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare_module, "train", recording_train)
     rows = compare(cfg)
     assert "training the teacher" in capsys.readouterr().out
-    assert current == ["teacher", "softmax-s1", "softmax-s2", "affine-s1", "affine-s2"]
+    ablation = "affine-affine_nprefix"  # the variant affine:affine_n=prefix
+    assert current == ["teacher", "softmax-s1", "softmax-s2", f"{ablation}-s1", f"{ablation}-s2"]
+    assert torch.load(out / f"{ablation}-s1" / "ckpt.pt")["model_args"]["affine_n"] == "prefix"
     for seed in (1, 2):
-        assert len(batches[f"affine-s{seed}"]) == 8 + 3 * 2  # 8 training batches, 2 per evaluation (iters 0, 5, 8)
-        assert all((a == b).all() for a, b in zip(batches[f"softmax-s{seed}"], batches[f"affine-s{seed}"]))
+        assert len(batches[f"{ablation}-s{seed}"]) == 8 + 3 * 2  # 8 training batches, 2 per evaluation (iters 0, 5, 8)
+        assert all((a == b).all() for a, b in zip(batches[f"softmax-s{seed}"], batches[f"{ablation}-s{seed}"]))
     assert not (batches["softmax-s1"][0] == batches["softmax-s2"][0]).all()
 
     saved = json.loads((out / "results.json").read_text())
-    assert [r["variant"] for r in saved["rows"]] == ["softmax", "affine"] == [r["variant"] for r in rows]
+    assert [r["variant"] for r in saved["rows"]] == ["softmax", "affine:affine_n=prefix"] == [r["variant"] for r in rows]
     assert saved["early_steps"] == 8 and saved["student"]["n_embd"] == 24 and not saved["teacher_reused"]
     for r in saved["rows"]:
         assert r["seeds"] == 2 and all(len(v) == 2 for v in r["by_seed"].values())
@@ -1075,7 +1231,8 @@ def test_the_compare_configs_load(monkeypatch):
     monkeypatch.chdir(REPO)
     cpu = load_config(["config/compare_shakespeare_char.py"], CompareConfig)
     gpu = load_config(["config/compare_shakespeare_char_gpu.py"], CompareConfig)
-    assert (cpu.variant_list(), cpu.seed_list(), gpu.seed_list()) == (list(compare_module.ATTN_VARIANTS), [1, 2], [1, 2, 3])
+    variants = list(compare_module.ATTN_VARIANTS) + ["affine:affine_n=prefix"]
+    assert (cpu.variant_list(), gpu.variant_list(), cpu.seed_list(), gpu.seed_list()) == (variants, variants, [1, 2, 3], [1, 2, 3])
     for cfg in (cpu, gpu):
         teacher = run_config(cfg.teacher_config, cfg.teacher_iters, loss="ce", teacher="")
         student = run_config(cfg.student_config, cfg.student_iters, loss="kd", teacher="x", attn="affine")

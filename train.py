@@ -37,7 +37,8 @@ from tqdm import tqdm
 from common import GPT2_VOCAB, ConfigError, check_choice, check_types, find_data, load_config, load_teacher, open_bin, save_checkpoint
 from model import GPT, GPTConfig
 
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attn", "fused",
+MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
+                "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn", "fused", "phi",
                 "affine_momentum", "affine_n")
 
 
@@ -64,13 +65,23 @@ class TrainConfig:
     # model (GPTConfig; vocab_size comes from the data's meta.pkl, else GPT-2's padded 50304)
     n_layer: int = 12
     n_head: int = 12
+    n_kv_head: int = 0  # fewer than n_head: grouped-query attention; 0: n_head
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False
+    qkv_bias: bool = False  # q, k, v biases even when bias=False (Qwen)
+    pos: str = "learned"  # "learned" or "rope"
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # or "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # "gelu", "swiglu" or "relu2"
+    mlp_hidden: int = 0  # 0: 4 * n_embd
+    tie_embeddings: bool = True
     attn: str = "softmax"  # softmax, sink, gated, affine, affine_gated
     fused: bool = True
-    affine_momentum: float = 0.9
-    affine_n: str = "prefix"
+    phi: str = "linear_clip"  # phi of Eq. 7: "linear_clip" (Eq. 11) or "sigmoid"
+    affine_momentum: float = 0.9  # rho of Eq. 9
+    affine_n: str = "context"  # N of Eq. 8: "context" (block_size) or "prefix" (keys the query sees)
     # loss
     loss: str = "ce"  # "ce", or "kd" to distil from teacher
     teacher: str = ""  # a ckpt.pt of this repo, an out_dir holding one, or a Hugging Face causal LM (name or directory)
@@ -322,19 +333,11 @@ def _train(cfg, device, ddp):
         raise ConfigError("dtype='bfloat16' but this GPU has no bfloat16; allowed here: float32")
     ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
     compiled = torch.compile(model) if cfg.compile else model
-    # alpha_ma on every rank: each rank updates it from its own micro-batch (Eq. 9) and sync_alpha_ma then
-    # averages the ranks' values. All ranks start from the same alpha_ma and Eq. 9 is linear in the batch
-    # mean, so the average is Eq. 9 with the mean over the global batch, and every rank's next forward
-    # reads the same alpha_ma (DDP's own broadcast of rank 0's buffers then changes nothing).
-    runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None) if ddp else compiled
-    affine_layers = [block.attn for block in model.transformer.h if block.attn.affine]
-
-    def sync_alpha_ma():
-        alpha_ma = torch.stack([a.alpha_ma for a in affine_layers])
-        dist.all_reduce(alpha_ma)  # a sum: gloo has no average
-        for a, value in zip(affine_layers, alpha_ma / world):
-            a.alpha_ma = value.clone()
-
+    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
+    # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
+    # buffers, which is off: it would overwrite the other ranks' gathered means of alpha.
+    runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
+                 broadcast_buffers=False) if ddp else compiled
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
@@ -416,13 +419,12 @@ def _train(cfg, device, ddp):
                 runner.require_backward_grad_sync = micro_step == accum - 1  # all-reduce on the last only
             with ctx:
                 loss, ce, kd = forward_loss(runner, teacher, x, y, cfg, vocab)
-            if ddp and affine_layers:
-                sync_alpha_ma()
             (loss / accum).backward()
             total += torch.stack([loss, ce, kd]).detach().float() / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        model.update_alpha_ma(ddp)
         pending.append((iter_num, total))
 
         if iter_num % cfg.log_interval == 0:

@@ -6,6 +6,6 @@ teacher_config = "config/train_shakespeare_char.py"
 student_config = ("config/kd_shakespeare_char_softmax.py --device=cuda --dtype=bfloat16 --n_layer=4 --n_head=4 "
                   "--n_embd=256 --block_size=256 --batch_size=64 --max_iters=3000 --lr_decay_iters=3000 "
                   "--eval_interval=500 --eval_iters=100")
-variants = "softmax,sink,gated,affine,affine_gated"
+variants = "softmax,sink,gated,affine,affine_gated,affine:affine_n=prefix"
 seeds = "1,2,3"
 early_steps = 500

@@ -5,7 +5,7 @@
 out_dir = "out-fineweb-kd-gpt2"
 dataset = "fineweb_edu"
 attn = "affine"
-loss, teacher = "kd", "gpt2-medium"
+loss, teacher, kd_alpha = "kd", "gpt2-medium", 1.0  # pure KD, the paper's loss
 n_layer, n_head, n_embd, block_size = 12, 12, 768, 1024
 batch_size, gradient_accumulation_steps = 16, 32  # 524,288 tokens per iteration (the paper: 2M)
 learning_rate, min_lr, weight_decay = 1e-3, 1e-4, 0.1
