@@ -15,6 +15,7 @@ import common
 from common import ConfigError, describe_tokenizer, find_data, get_tokenizer, load_teacher, tokenizer_of, write_data
 from compare import read_metrics
 from model import GPT, GPTConfig
+from sample import SampleConfig, sample
 from train import TrainConfig, forward_loss, get_batch, train
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -237,12 +238,17 @@ def test_hf_teacher_logits_equal_transformers(teacher_dir, bpe_data):
 
 
 def test_kd_from_a_hugging_face_teacher_lowers_the_loss(teacher_dir, bpe_data, tmp_path):
+    """A LLaMA-style affine student, the paper's setting: pure KD from the Hugging Face teacher."""
+    student = dict(attn="affine", pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1)
     result = train(tiny(tmp_path, bpe_data, loss="kd", teacher=teacher_dir, kd_alpha=1.0, loss_chunk=100, max_iters=20,
-                        log_interval=5))
+                        log_interval=5, **student))
     steps, _ = read_metrics(result["out_dir"])
     kd = [r["kd"] for r in steps]  # measured: 3.05, 2.82, 2.66, 2.64
     assert kd == sorted(kd, reverse=True) and kd[-1] < 0.9 * kd[0] and steps[0]["loss"] == pytest.approx(kd[0])
     assert torch.load(os.path.join(result["out_dir"], "ckpt.pt"))["model_args"]["vocab_size"] == 400
+    # the student's checkpoint carries the data's meta: sample.py decodes with the Hugging Face tokenizer
+    [text] = sample(SampleConfig(init_from=result["out_dir"], start="ROMEO:", num_samples=1, max_new_tokens=8, device="cpu"))
+    assert text.startswith("ROMEO:") and len(get_tokenizer(common.read_meta(bpe_data))[0](text)) >= 9
 
 
 def test_bad_teachers_are_refused_before_training(teacher_dir, bpe_data, tmp_path):
