@@ -17,11 +17,12 @@ A text summary is always printed; with matplotlib installed, figures go to --plo
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 import torch
 
-from common import DATA_ROOT, load_model, open_bin, read_meta
+from common import DATA_ROOT, ConfigError, load_model, open_bin, read_meta
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -365,4 +366,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:
+        sys.exit(f"ConfigError: {e}")

@@ -389,9 +389,9 @@ def pretrained_meta(name, config, setting):
 
 def load_model(name, device="cpu", setting="init_from"):
     """(model, meta, ckpt) from a checkpoint of this repo (a ckpt.pt or an out_dir holding one) or from a
-    pretrained GPT-2, LLaMA or Qwen2 (a hub name or a local directory, through transformers). meta tells the tokenizer, as a
-    meta.pkl does; ckpt is the checkpoint dict, None for a pretrained model. setting names the setting
-    name came from, for the error message."""
+    pretrained GPT-2, LLaMA or Qwen2 (a hub name or a local directory, through transformers). meta tells
+    the tokenizer, as a meta.pkl does; ckpt is the checkpoint dict, None for a pretrained model. setting
+    names the setting name came from, for the error message."""
     path = checkpoint_path(name)
     if path is not None:
         ckpt = torch.load(path, map_location="cpu")
@@ -423,13 +423,29 @@ class HFTeacher(torch.nn.Module):
         return h if return_hidden else self.lm_head(h)
 
 
+def load_hf_teacher(name, device):
+    """A Hugging Face causal LM as an HFTeacher, in bf16 on CUDA and fp32 elsewhere."""
+    from transformers import AutoModelForCausalLM
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    teacher = HFTeacher(hf)
+    # the chunked loss needs logits = lm_head(last hidden state); a model that post-processes them (soft-capping,
+    # scaling) would silently teach other targets
+    probe = torch.arange(8, device=device)[None]
+    with torch.no_grad():
+        if not torch.allclose(teacher(probe).float(), hf(probe).logits.float(), rtol=1e-3, atol=1e-3):
+            raise ConfigError(f"teacher {name!r} computes its logits otherwise than lm_head(last hidden state); "
+                              f"the KD loss here cannot use it")
+    return teacher
+
+
 def load_teacher(name, device, meta, block_size, compile=False):
     """The frozen teacher for distillation on data described by meta (None: GPT-2 BPE): a checkpoint of
     this repo (as load_model) or any Hugging Face causal LM, a hub name or local directory, through
     AutoModelForCausalLM (bf16 on CUDA, fp32 elsewhere; its tokenizer is the one saved with it). In eval
-    mode, without gradients, compiled if compile. Refused when its tokenizer is not the data's, its
-    context is shorter than block_size or it has fewer logits than the vocabulary; for a Hugging Face
-    model before its weights are loaded."""
+    mode, without gradients, compiled if compile; train.py calls teacher(idx, return_hidden=True) and
+    teacher.lm_head. Refused when its tokenizer is not the data's, its context is shorter than block_size
+    or it has fewer logits than the vocabulary; for a Hugging Face model before its weights are loaded."""
     path = checkpoint_path(name)
     if path is not None:
         teacher, teacher_meta, _ = load_model(path, device, "teacher")
@@ -451,18 +467,3 @@ def load_teacher(name, device, meta, block_size, compile=False):
         teacher = load_hf_teacher(name, device)
     teacher.eval().requires_grad_(False)  # eval: no dropout, and an affine teacher's alpha_ma stays fixed
     return torch.compile(teacher) if compile else teacher
-
-
-def load_hf_teacher(name, device):
-    from transformers import AutoModelForCausalLM
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
-    teacher = HFTeacher(hf)
-    # the chunked loss needs logits = lm_head(last hidden state); a model that post-processes them (soft-capping,
-    # scaling) would silently teach other targets
-    probe = torch.arange(8, device=device)[None]
-    with torch.no_grad():
-        if not torch.allclose(teacher(probe).float(), hf(probe).logits.float(), rtol=1e-3, atol=1e-3):
-            raise ConfigError(f"teacher {name!r} computes its logits otherwise than lm_head(last hidden state); "
-                              f"the KD loss here cannot use it")
-    return teacher

@@ -270,6 +270,16 @@ def test_bad_teachers_are_refused_before_training(teacher_dir, bpe_data, tmp_pat
     refused(small, "has 300 logits, fewer than the data's vocab_size=400")
 
 
+def test_a_teacher_whose_logits_are_not_its_lm_head_is_refused(teacher_dir, bpe_data, monkeypatch):
+    """Soft-capped or scaled logits (Gemma-2, Granite) would be lost by projecting hidden states chunk by chunk."""
+    def capped(self, idx, return_hidden=False):
+        return 30 * torch.tanh(self.lm_head(self.body(input_ids=idx).last_hidden_state) / 30)
+
+    monkeypatch.setattr(common.HFTeacher, "forward", capped)
+    with pytest.raises(ConfigError, match=r"computes its logits otherwise than lm_head\(last hidden state\)"):
+        load_teacher(teacher_dir, "cpu", common.read_meta(bpe_data), block_size=32)
+
+
 # --------------------------------------------------------------------------------------------------
 # the chunked loss
 

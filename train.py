@@ -203,8 +203,9 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
     n = cfg.loss_chunk or len(y)
     sums = torch.zeros(2, device=h.device)
     for i in range(0, len(y), n):
-        args = (h[i:i + n], lm_head, y[i:i + n], vocab, teacher_h if teacher_h is None else teacher_h[i:i + n],
-                teacher_head, cfg.kd_temperature, cfg.kd_reverse)
+        chunk = slice(i, i + n)
+        args = (h[chunk], lm_head, y[chunk], vocab, None if teacher_h is None else teacher_h[chunk], teacher_head,
+                cfg.kd_temperature, cfg.kd_reverse)
         if cfg.loss_chunk and torch.is_grad_enabled():  # backward recomputes this chunk's logits
             sums = sums + torch.stack(checkpoint(chunk_losses, *args, use_reentrant=False))
         else:
