@@ -304,7 +304,10 @@ def open_tokenizer(name):
     if name in tiktoken.list_encoding_names():
         enc = gpt2_encoding() if name in GPT2_ENCODINGS else tiktoken.get_encoding(name)
         return {"vocab_size": enc.n_vocab, "encoding": name}, enc.encode_ordinary_batch, enc.eot_token
-    tok = hf_tokenizer(name)
+    try:
+        tok = hf_tokenizer(name)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; nor is it a tiktoken encoding ({', '.join(tiktoken.list_encoding_names())})") from None
     separator = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if separator is None:
         raise ConfigError(f"tokenizer={name!r} has neither a BOS nor an EOS token to separate documents with")

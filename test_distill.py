@@ -120,6 +120,12 @@ def test_tokenizers_compare_by_their_vocabulary(teacher_dir, tmp_path):
     assert tokenizer_of({"vocab_size": 50257, "encoding": "r50k_base"}) == tokenizer_of(None) == "gpt2"
 
 
+def test_an_unknown_tokenizer_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=f"tokenizer='{tmp_path}': no Hugging Face tokenizer there .*; nor is it a "
+                                          f"tiktoken encoding \\(gpt2, r50k_base, .*cl100k_base"):
+        common.open_tokenizer(str(tmp_path))
+
+
 def test_a_hugging_face_tokenizer_separates_documents_with_its_eos(teacher_dir):
     meta, encode_batch, separator = common.open_tokenizer(teacher_dir)
     ids = list(common.encode_docs(["To be,", "or not <|endoftext|>"], encode_batch, separator))
@@ -202,7 +208,7 @@ def corrupt(folder, how):
 def test_bad_data_is_refused_naming_the_file(tmp_path, how, message):
     folder = make_char_data(tmp_path / "data")
     path = corrupt(folder, how)
-    with pytest.raises(ConfigError, match=f"{path}.* {message}" if how != "unreadable meta" else f"{path} {message}"):
+    with pytest.raises(ConfigError, match=f"{path}.* {message}"):
         find_data(folder, "", block_size=32)
 
 
