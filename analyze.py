@@ -1,7 +1,9 @@
 """
 Where the attention of trained checkpoints goes (paper section 4, appendices A and B), side by side:
 
-    python analyze.py --ckpt out-softmax/ckpt.pt --ckpt out-sink/ckpt.pt --ckpt out-affine/ckpt.pt
+    python analyze.py --ckpt out-softmax --ckpt out-sink --ckpt out-affine/ckpt.pt
+
+An out_dir stands for its best.pt (the lowest val loss), else its ckpt.pt; a file for itself.
 
 On a few validation sequences (evenly spread over the run's val.bin, the same for every checkpoint),
 per layer and head, from GPT.attention_maps: the weight on the first token (Fig. 4), each query's total
@@ -15,14 +17,13 @@ A text summary is always printed; with matplotlib installed, figures go to --plo
 """
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 import torch
 
-from common import DATA_ROOT, ConfigError, load_model, open_bin, read_meta
+from common import DATA_ROOT, ConfigError, load_model, read_jsonl, read_tokens
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -103,27 +104,24 @@ def series(g):
 
 
 def val_sequences(path, num_seqs, seq_len, vocab_size):
-    """num_seqs windows of seq_len tokens, evenly spread over the file, so every checkpoint sees the same.
-    The ids are read in the dtype of the meta.pkl beside the file."""
+    """num_seqs windows of seq_len tokens, evenly spread over the file path (a val.bin), so every checkpoint
+    sees the same. The ids are read in the dtype of the meta.pkl beside it."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
-    data = open_bin(path, read_meta(os.path.dirname(path)))
+        raise ConfigError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
+    data = read_tokens(os.path.dirname(path), "val")
     if len(data) < seq_len:
-        raise ValueError(f"{path} has {len(data)} tokens, fewer than --seq_len={seq_len}")
+        raise ConfigError(f"{path} has {len(data)} tokens, fewer than --seq_len={seq_len}")
     starts = np.linspace(0, len(data) - seq_len, num_seqs).astype(np.int64)
     x = torch.from_numpy(np.stack([data[s:s + seq_len].astype(np.int64) for s in starts]))
     if x.max() >= vocab_size:
-        raise ValueError(f"{path} holds token id {int(x.max())} but the model's vocab_size is {vocab_size}: "
+        raise ConfigError(f"{path} holds token id {int(x.max())} but the model's vocab_size is {vocab_size}: "
                          f"data of another tokenizer? (--data_dir)")
     return x
 
 
 def read_metrics(path):
     """The rows of a metrics.jsonl, [] if there is none."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_jsonl(path) if os.path.exists(path) else []
 
 
 def smooth(iters, values, window=20):
@@ -315,23 +313,25 @@ def plot(runs, plot_dir):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", action="append", required=True, help="a train.py checkpoint; repeat to compare")
+    p.add_argument("--ckpt", action="append", required=True, help="a train.py out_dir or checkpoint file; repeat to compare")
     p.add_argument("--data_dir", help="folder holding val.bin (default: the run's, as train.py: data_dir or data/<dataset>)")
-    p.add_argument("--num_seqs", type=int, default=10, help="validation sequences (the paper uses 10)")
+    p.add_argument("--num_seqs", type=int, default=10, help="validation sequences (default: 10, as the paper)")
     p.add_argument("--seq_len", type=int, help="tokens per sequence (default: the model's block_size)")
     p.add_argument("--layer", type=int, help="layer of the heatmap, from 0 (default: the paper's relative depth, "
                    "its layer 8 of 16: n_layer // 2 - 1)")
     p.add_argument("--head", type=int, help="head of the heatmap (default: the mean over heads, as the paper)")
-    p.add_argument("--early_steps", type=int, default=500, help="gradient-norm statistics over iters < this (Tables 4-5), as compare.py")
+    p.add_argument("--early_steps", type=int, default=500, help="gradient-norm statistics over iters < this (Tables 4-5), as compare.py (default: 500)")
     p.add_argument("--plot_dir", help="where figures go (default: the checkpoint's folder, or analysis/ for several)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
     args = p.parse_args(argv)
-    if args.num_seqs < 1:
-        p.error(f"--num_seqs={args.num_seqs} must be at least 1")
-    plot_dir = args.plot_dir or ((os.path.dirname(args.ckpt[0]) or ".") if len(args.ckpt) == 1 else "analysis")
+    for name in ("num_seqs", "early_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name}={getattr(args, name)} must be at least 1")
+    run_dirs = [path if os.path.isdir(path) else os.path.dirname(path) or "." for path in args.ckpt]
+    plot_dir = args.plot_dir or (run_dirs[0] if len(args.ckpt) == 1 else "analysis")
 
     runs, summaries = [], []
-    for path in args.ckpt:
+    for path, run_dir in zip(args.ckpt, run_dirs):
         model, _, ckpt = load_model(path, args.device, "--ckpt")
         if ckpt is None:
             p.error(f"--ckpt={path} is not a train.py checkpoint")
@@ -351,12 +351,12 @@ def main(argv=None):
         data_path = os.path.join(data_dir or os.path.join(DATA_ROOT, ckpt["config"]["dataset"]), "val.bin")
         x = val_sequences(data_path, args.num_seqs, seq_len, cfg.vocab_size).to(args.device)
         stats = attention_stats(model, x, layer, args.head)
-        rows = read_metrics(os.path.join(os.path.dirname(path), "metrics.jsonl"))
+        rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
         summaries.append(summarize(path, ckpt, cfg, stats, rows, data_path, args.early_steps))
         runs.append((cfg.attn, stats, rows))
     labels = [label for label, _, _ in runs]
-    runs = [(f"{label} ({os.path.dirname(path)})" if labels.count(label) > 1 else label, stats, rows)
-            for (label, stats, rows), path in zip(runs, args.ckpt)]
+    runs = [(f"{label} ({run_dir})" if labels.count(label) > 1 else label, stats, rows)
+            for (label, stats, rows), run_dir in zip(runs, run_dirs)]
     summary = "\n\n".join(summaries)
     print(summary)
     written = plot(runs, plot_dir)

@@ -5,6 +5,7 @@ and torch.compile of the fused model, at a few sequence lengths.
 
     python bench.py                              # CUDA if present (bf16 autocast, GPT-2 small), else a small CPU model
     python bench.py --device=cpu --seq_lens=256,1024 --variants=softmax,affine --out=bench.json
+    python bench.py --loss_chunks=0,2048,512,128     # instead: the KD loss's peak memory against loss_chunk
 
 Each variant's time is also given as a ratio to softmax in the same mode at the same T, measured in the
 same run (softmax is therefore always measured), and each mode's speedup over eager. To keep those ratios
@@ -13,15 +14,23 @@ order, and every time is the median over the rounds.
 """
 
 import argparse
+import dataclasses
 import gc
 import json
+import math
+import os
+import platform
 import statistics
+import sys
+import tempfile
 import time
 from contextlib import nullcontext
 
 import torch
 
-from model import ATTN_VARIANTS, GPT, GPTConfig
+from common import ConfigError, find_data, load_config
+from model import ATTN_VARIANTS, GPT, GPTConfig, peak_flops
+from train import NonFiniteLoss, TrainConfig, forward_loss, train
 
 MODES = ("eager", "fused", "compile")
 
@@ -33,6 +42,8 @@ DEFAULTS = {
     "cuda": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, batch_size=8, seq_lens=[256, 1024, 2048], compile=True),
     "cpu": dict(n_layer=2, n_head=2, n_embd=128, vocab_size=65, batch_size=4, seq_lens=[256, 1024], compile=False),
 }
+# --loss_chunks: one 2048-token sequence of the paper's first student (width 1024) over Qwen's vocabulary
+LOSS_DEFAULTS = dict(n_embd=1024, vocab_size=151936, batch_size=1, seq_lens=[2048])
 
 
 def sync(device):
@@ -46,7 +57,7 @@ def build(variant, mode, T, args, device):
     config = GPTConfig(block_size=T, vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd, dropout=0.0, attn=variant, fused=mode != "eager")
     model = GPT(config).to(device)
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.type)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95))
     runner = torch.compile(model, dynamic=False) if mode == "compile" else model
     return model, runner, optimizer
 
@@ -68,17 +79,34 @@ def forward_pass(runner, x, y, ctx):
 
 
 def measure(fn, device):
-    """Seconds of one call of fn and, on CUDA, the peak memory it allocated above what was allocated
-    before (weights and optimizer state excluded: what is left is what grows with T)."""
+    """Seconds of one call of fn."""
     sync(device)  # CUDA launches are asynchronous: time the work, not the queueing
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
     fn()
     sync(device)
-    dt = time.perf_counter() - t0
-    return dt, torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
+    return time.perf_counter() - t0
+
+
+def peak_memory(fn, device):
+    """Bytes of tensor memory one call of fn holds at its peak above what was allocated before it (weights
+    and optimizer state excluded: what is left is what grows with T). On CUDA the caching allocator's own
+    counters. On CPU torch.profiler's memory events: every allocation (+bytes) and free (-bytes) by torch's
+    CPU allocator while fn runs, kernels' scratch buffers included; the peak is the maximum of their running
+    sum in time order. Frees of blocks allocated before fn are not recorded, so this never understates."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        return torch.cuda.max_memory_allocated(device) - base
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # else the profiler logs two lines to stderr per call
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
 
 
 def bench_mode(T, mode, x, y, args, device, ctx):
@@ -88,7 +116,7 @@ def bench_mode(T, mode, x, y, args, device, ctx):
     this returns)."""
     runs = []
     for variant in args.variants:
-        run = dict(rec=dict(T=T, variant=variant, mode=mode, error=None), train=[], fwd=[], mem={"train": 0, "fwd": 0})
+        run = dict(rec=dict(T=T, variant=variant, mode=mode, error=None), train=[], fwd=[])
         runs.append(run)
         try:
             run["model"], runner, optimizer = build(variant, mode, T, args, device)
@@ -105,23 +133,24 @@ def bench_mode(T, mode, x, y, args, device, ctx):
                 if run["rec"]["error"]:
                     continue
                 try:
-                    dt, mem = measure(run["steps"][kind], device)
+                    run[kind].append(measure(run["steps"][kind], device))
                 except torch.OutOfMemoryError:
                     run["rec"]["error"] = "out of memory"
-                    continue
-                run[kind].append(dt)
-                run["mem"][kind] = max(run["mem"][kind], mem or 0)
     for run in runs:
         rec = run["rec"]
+        try:  # memory in calls of their own: the CPU profiler would slow the timed ones
+            mem = {kind: peak_memory(run["steps"][kind], device) for kind in ("train", "fwd")} if not rec["error"] else {}
+        except torch.OutOfMemoryError:
+            rec["error"] = "out of memory"
         if rec["error"]:
             continue
         for kind in ("train", "fwd"):
             dt = statistics.median(run[kind])
             rec[f"{kind}_ms"] = 1e3 * dt
             rec[f"{kind}_tok_s"] = args.batch_size * T / dt
-            rec[f"{kind}_mem_mib"] = run["mem"][kind] / 2**20 if device.type == "cuda" else None
-        # MFU against an H100's bf16 peak (model.estimate_mfu); it means nothing for an fp32 CPU run
-        rec["mfu"] = run["model"].estimate_mfu(args.batch_size, rec["train_ms"] / 1e3) if device.type == "cuda" else None
+            rec[f"{kind}_mem_mib"] = mem[kind] / 2**20
+        peak = args.peak_flops
+        rec["mfu"] = run["model"].estimate_mfu(args.batch_size, rec["train_ms"] / 1e3, peak) if peak else None
     return [run["rec"] for run in runs]
 
 
@@ -172,13 +201,174 @@ def format_table(records, kind):
             lines.append(line + rec["error"])
             continue
         line += f"{rec[kind + '_ms']:>9.2f}{rec[kind + '_tok_s']:>10.0f}{f(rec[kind + '_vs_softmax'], '.3f'):>11}"
-        line += f"{f(rec[kind + '_speedup'], '.2f'):>9}{f(rec[kind + '_mem_mib'], '.0f'):>9}"
+        line += f"{f(rec[kind + '_speedup'], '.2f'):>9}{f(rec[kind + '_mem_mib'], '.1f'):>9}"
         line += f"{f(rec['mfu'], '.1%'):>7}" if kind == "train" else ""
         lines.append(line)
     return "\n".join(lines)
 
 
-def csv_list(cast, allowed=None):
+def format_memory(records, kind):
+    """Peak memory against T, one row per (variant, mode), and its growth per doubling of T from the
+    first T to the last: about 2 where memory is linear in T, 4 where it is quadratic."""
+    Ts = sorted({r["T"] for r in records})
+    lines = [f"{'variant':<13}{'mode':<8}" + "".join(f"{f'T={T}':>10}" for T in Ts) + f"{'x per 2T':>10}"]
+    for variant, mode in dict.fromkeys((r["variant"], r["mode"]) for r in records):
+        mib = {r["T"]: r.get(f"{kind}_mem_mib") for r in records if (r["variant"], r["mode"]) == (variant, mode)}
+        line = f"{variant:<13}{mode:<8}" + "".join("{:>10}".format("-" if mib.get(T) is None else f"{mib[T]:.1f}") for T in Ts)
+        if len(Ts) > 1 and all(mib.get(T) for T in (Ts[0], Ts[-1])):
+            line += f"{(mib[Ts[-1]] / mib[Ts[0]]) ** (1 / math.log2(Ts[-1] / Ts[0])):>10.2f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# --time_to_loss: time to reach the nanoGPT-equivalent run's quality, training runs side by side
+
+SAME_EVAL = ("dataset", "data_dir", "seed", "batch_size", "block_size", "eval_iters")  # what picks the eval batches
+
+
+def cpu_name():
+    """The CPU model as lscpu names it, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def step_breakdown(cfgs, vocab_size, rounds):
+    """Median ms of forward, backward and optimizer step (clipping included) of each config's model on
+    random tokens, its steps interleaved with the other configs' round by round (as in bench_mode)."""
+    runs = []
+    for cfg in cfgs:
+        torch.manual_seed(cfg.seed)
+        model = GPT(cfg.gpt_config(vocab_size)).to(cfg.device)
+        optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
+        x, y = (torch.randint(0, vocab_size, (cfg.batch_size, cfg.block_size), device=cfg.device) for _ in range(2))
+        runs.append(dict(model=model, optimizer=optimizer, clip=cfg.grad_clip or float("inf"), x=x, y=y, loss=None,
+                         forward=[], backward=[], optimizer_step=[]))
+
+    def forward(r):
+        r["loss"] = r["model"](r["x"], r["y"])[1]
+
+    def optimizer_step(r):
+        torch.nn.utils.clip_grad_norm_(r["model"].parameters(), r["clip"])
+        r["optimizer"].step()
+        r["optimizer"].zero_grad(set_to_none=True)
+
+    phases = {"forward": forward, "backward": lambda r: r["loss"].backward(), "optimizer_step": optimizer_step}
+    for i in range(rounds + 1):  # an untimed round first
+        for cfg, r in list(zip(cfgs, runs))[i % len(runs):] + list(zip(cfgs, runs))[:i % len(runs)]:
+            for name, fn in phases.items():
+                dt = measure(lambda: fn(r), torch.device(cfg.device))
+                if i >= 1:
+                    r[name].append(dt)
+    return [{name: 1e3 * statistics.median(r[name]) for name in phases} for r in runs]
+
+
+def time_to_loss(args):
+    """Train the baseline config, then the main config once per attn in args.variants, on the same data;
+    the target is the baseline's final val loss, on the same eval batches. A run's time to the target is
+    time_s of its first evaluation at or below it: wall seconds from its start, its earlier evaluations
+    and logging included. The runs write into a temporary folder, deleted at the end."""
+    cfgs = [load_config([args.baseline], TrainConfig)]
+    cfgs += [load_config([args.config] + ([f"--attn={a}"] if a else []), TrainConfig) for a in args.variants or [""]]
+    for name in SAME_EVAL:
+        if getattr(cfgs[0], name) != getattr(cfgs[1], name):
+            raise ConfigError(f"{name} is {getattr(cfgs[0], name)!r} in {args.baseline} but {getattr(cfgs[1], name)!r} "
+                              f"in {args.config}: the runs must share {', '.join(SAME_EVAL)} to see the same eval batches")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, cfg in enumerate(cfgs):
+            cfg = dataclasses.replace(cfg, out_dir=os.path.join(tmp, str(i)))
+            print(f"\n{'baseline' if i == 0 else 'main'} run: {args.baseline if i == 0 else args.config} (attn={cfg.attn})", flush=True)
+            result = train(cfg)
+            with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+                evals = [row for row in map(json.loads, f) if "val_loss" in row]
+            evals = [{k: row[k] for k in ("iter", "val_loss", "time_s")} for row in evals]
+            runs.append(dict(config=args.baseline if i == 0 else args.config, attn=cfg.attn, iters=result["iter_num"],
+                             wall_s=result["elapsed_s"], val_loss=result["val_loss"], evals=evals,
+                             eval_ms=1e3 * result["eval_s"] / result["iter_num"], log_ms=1e3 * result["log_s"] / result["iter_num"]))
+        _, meta = find_data(cfgs[0].data_dir, cfgs[0].dataset, cfgs[0].block_size)
+    target = runs[0]["val_loss"]
+    for run, ms in zip(runs, step_breakdown(cfgs, meta["vocab_size"] if meta else 50304, args.iters)):
+        hit = next((row for row in run["evals"] if row["val_loss"] <= target), None)
+        run.update(target=target, reached_iter=hit["iter"] if hit else None, reached_s=hit["time_s"] if hit else None,
+                   step_ms=sum(ms.values()), **{f"{name}_ms": value for name, value in ms.items()})
+    base = runs[0]  # reaches its own final loss, at the end or before
+    for run in runs:  # x (steps): the ratio from iterations and interleaved step times, which load from elsewhere spares
+        hit = run["reached_iter"] is not None
+        run["vs_baseline"] = run["reached_s"] / base["reached_s"] if hit else None
+        run["vs_baseline_steps"] = run["reached_iter"] * run["step_ms"] / (base["reached_iter"] * base["step_ms"]) if hit else None
+    return runs
+
+
+class HiddenStates(torch.nn.Module):
+    """Stands in for a model in train.forward_loss: final hidden states (B, T, width), then an lm_head."""
+
+    def __init__(self, B, T, width, vocab_size):
+        super().__init__()
+        self.h = torch.nn.Parameter(torch.randn(B, T, width))
+        self.lm_head = torch.nn.Linear(width, vocab_size, bias=False)
+
+    def forward(self, idx, return_hidden=False):
+        return self.h * 1.0  # a new tensor each call, as a body's output is
+
+
+def loss_chunks(args, device):
+    """Peak memory and time of train.forward_loss's forward and backward alone against loss_chunk: pure KD
+    (its CE computed too) of a student of width n_embd from a teacher twice as wide, over vocab_size
+    tokens, on batch_size sequences of seq_lens[0] tokens. Hidden states stand in for both models' bodies,
+    so what is measured is the loss's own memory, the gradient of the student's lm_head included."""
+    T, V, C = args.seq_lens[0], args.vocab_size, args.n_embd
+    torch.manual_seed(args.seed)
+    student = HiddenStates(args.batch_size, T, C, V).to(device)
+    teacher = HiddenStates(args.batch_size, T, 2 * C, V).to(device).requires_grad_(False)
+    x = torch.randint(V, (args.batch_size, T), device=device)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    rows = []
+    for chunk in args.loss_chunks:
+        cfg = TrainConfig(loss="kd", teacher="-", kd_alpha=1.0, loss_chunk=chunk, device=device.type)
+
+        def step():
+            with ctx:
+                loss, _, _ = forward_loss(student, teacher, x, x, cfg, V)
+            loss.backward()
+            student.zero_grad(set_to_none=True)  # so the peak counts the gradients
+            return loss.item()
+
+        loss = step()  # warm-up, and the value
+        ms = statistics.median(measure(step, device) for _ in range(args.iters)) * 1e3
+        rows.append({"loss_chunk": chunk, "peak_mib": peak_memory(step, device) / 2**20, "ms": ms, "loss": loss})
+    return rows
+
+
+def format_loss_chunks(rows):
+    lines = ["loss_chunk   peak MiB        ms        loss"]
+    lines += [f"{r['loss_chunk']:>10} {r['peak_mib']:>10.0f} {r['ms']:>9.0f} {r['loss']:>11.6f}" for r in rows]
+    return "\n".join(lines)
+
+
+def format_time_to_loss(runs):
+    def f(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    lines = [f"{'run':<44}{'iters':>6}{'wall s':>8}{'val loss':>10}{'target at iter':>16}{'after s':>9}{'x baseline':>12}"
+             f"{'x (steps)':>11}"]
+    for run in runs:
+        lines.append(f"{run['config'] + ' attn=' + run['attn']:<44}{run['iters']:>6}{run['wall_s']:>8.1f}{run['val_loss']:>10.4f}"
+                     f"{f(run['reached_iter'], 'd'):>16}{f(run['reached_s'], '.1f'):>9}{f(run['vs_baseline'], '.2f'):>12}"
+                     f"{f(run['vs_baseline_steps'], '.2f'):>11}")
+    lines += ["x baseline: wall seconds to the target / the baseline's; x (steps): iterations to the target x the "
+              "interleaved step time below, / the baseline's (steadier when the machine is shared)",
+              "", "ms per iteration: forward, backward, optimizer step (median of interleaved steps), eval, logging (the run's)"]
+    for run in runs:
+        lines.append(f"{run['config'] + ' attn=' + run['attn']:<44}" + "".join(
+            f"{run[k + '_ms']:>10.2f}" for k in ("forward", "backward", "optimizer_step", "eval", "log")))
+    return "\n".join(lines)
+
+
+def csv_list(cast, allowed=None, least=1):
     def parse(text):
         items = list(dict.fromkeys(cast(t.strip()) for t in text.split(",") if t.strip()))  # in order, once each
         if not items:
@@ -186,8 +376,8 @@ def csv_list(cast, allowed=None):
         for item in items:
             if allowed is not None and item not in allowed:
                 raise argparse.ArgumentTypeError(f"unknown {item!r}; allowed: {', '.join(allowed)}")
-            if allowed is None and item < 1:
-                raise argparse.ArgumentTypeError(f"{item} must be a positive integer")
+            if allowed is None and item < least:
+                raise argparse.ArgumentTypeError(f"{item} must be an integer of at least {least}")
         return items
     return parse
 
@@ -202,17 +392,28 @@ def positive(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--variants", type=csv_list(str, ATTN_VARIANTS), default=list(ATTN_VARIANTS),
-                   help=f"comma-separated, from {','.join(ATTN_VARIANTS)}; softmax is always added (the ratios' reference)")
+    p.add_argument("--variants", type=csv_list(str, ATTN_VARIANTS),
+                   help=f"comma-separated, from {','.join(ATTN_VARIANTS)}; default all, softmax always added (the "
+                        "ratios' reference); with --time_to_loss the attn of the main runs, default the config's")
     p.add_argument("--seq_lens", type=csv_list(int), help="comma-separated; default 256,1024,2048 on CUDA, 256,1024 on CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="also time torch.compile of the fused model (default: on CUDA only)")
     for name in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size"):
-        p.add_argument(f"--{name}", type=positive, help="default: GPT-2 small's on CUDA, a small model on CPU")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model before the rounds")
-    p.add_argument("--iters", type=positive, default=10, help="timed rounds; each times one step of every variant")
-    p.add_argument("--seed", type=int, default=1337)
+        p.add_argument(f"--{name}", type=positive, help=f"default: {DEFAULTS['cuda'][name]} on CUDA (GPT-2 small), {DEFAULTS['cpu'][name]} on CPU")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model before the rounds (default: 2)")
+    p.add_argument("--iters", type=positive, default=10, help="timed rounds; each times one step of every variant (default: 10)")
+    p.add_argument("--seed", type=int, default=1337, help="default: 1337")
     p.add_argument("--out", help="also write the results as JSON to this file")
+    p.add_argument("--time_to_loss", action="store_true", help="instead: train --baseline and --config on the same "
+                   "data and compare their times to the baseline's final val loss (the device is the configs')")
+    p.add_argument("--baseline", default="config/train_shakespeare_char_nanogpt.py")
+    p.add_argument("--config", default="config/train_shakespeare_char_cpu.py")
+    p.add_argument("--loss_chunks", type=csv_list(int, least=0), help="instead: the KD loss's peak memory and time for each "
+                   "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, n_embd=1024 "
+                   "and vocab_size=151936 (the paper's Qwen student)")
     args = p.parse_args(argv)
+    if args.time_to_loss:
+        return args
+    args.variants = args.variants or list(ATTN_VARIANTS)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -221,7 +422,7 @@ def parse_args(argv=None):
         p.error(f"--device={args.device!r}: allowed device types are {', '.join(DEFAULTS)}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device={args.device!r} but torch sees no CUDA device; use --device=cpu")
-    for name, value in DEFAULTS[device.type].items():
+    for name, value in (*(LOSS_DEFAULTS.items() if args.loss_chunks else ()), *DEFAULTS[device.type].items()):
         if getattr(args, name) is None:
             setattr(args, name, value)
     if "softmax" not in args.variants:
@@ -237,20 +438,35 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.time_to_loss:
+        return main_time_to_loss(args)
     device = torch.device(args.device)
+    if args.loss_chunks:
+        rows = loss_chunks(args, device)
+        counter = "the CUDA allocator's counters" if device.type == "cuda" else "torch.profiler's CPU allocation events"
+        print(f"KD loss, forward and backward: {args.batch_size} x {args.seq_lens[0]} tokens, vocab_size={args.vocab_size}, "
+              f"student width {args.n_embd}, teacher {2 * args.n_embd}; peak memory from {counter}, median of "
+              f"{args.iters} times\n{format_loss_chunks(rows)}")
+        return rows
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as in training; bf16 autocast covers most matmuls anyway
         torch.backends.cudnn.allow_tf32 = True
-        where = f"{torch.cuda.get_device_name(device)}, bf16 autocast"
+        name = torch.cuda.get_device_name(device)
+        args.peak_flops = peak_flops(name, "bfloat16")
+        known = f"MFU against {args.peak_flops / 1e12:.0f} TFLOP/s" if args.peak_flops else "MFU: - (add its peak to model.PEAK_FLOPS)"
+        where = f"{name}, bf16 autocast, {known}"
     else:
-        where = f"cpu, {torch.get_num_threads()} threads, fp32"
+        args.peak_flops = None  # no MFU on CPU
+        where = f"{cpu_name()}, {torch.get_num_threads()} threads, fp32"
     print(f"{where}, torch {torch.__version__}; n_layer={args.n_layer} n_head={args.n_head} n_embd={args.n_embd} "
           f"vocab_size={args.vocab_size} batch_size={args.batch_size}; median of {args.iters} interleaved rounds")
     records = bench(args)
+    counter = "the CUDA allocator's counters" if device.type == "cuda" else "torch.profiler's CPU allocation events"
     notes = ("x softmax: time / softmax's time, same mode and T (cost ratio, 1.05 = 5% slower); "
-             "speedup: eager's time / this time; MiB: peak CUDA memory above the resident weights and optimizer state")
+             f"speedup: eager's time / this time; MiB: peak memory above the resident weights and optimizer state, from {counter}")
     print(f"\ntraining step (forward + backward + AdamW step)\n{format_table(records, 'train')}")
     print(f"\nforward pass (no grad)\n{format_table(records, 'fwd')}\n\n{notes}")
+    print(f"\npeak memory of a training step (MiB) against T\n{format_memory(records, 'train')}")
     if args.out:
         settings = {k: v for k, v in vars(args).items() if k != "out"}
         with open(args.out, "w") as f:
@@ -259,5 +475,22 @@ def main(argv=None):
     return records
 
 
+def main_time_to_loss(args):
+    load = os.getloadavg()
+    runs = time_to_loss(args)
+    where = (f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; load average (1, 5, 15 min) "
+             f"before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print(f"\ntime to the baseline's final val loss {runs[0]['target']:.4f} (same data, same eval batches); {where}")
+    print(format_time_to_loss(runs))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": where, "results": runs}, f, indent=1)
+        print(f"wrote {args.out}")
+    return runs
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigError, NonFiniteLoss) as e:
+        sys.exit(f"{type(e).__name__}: {e}")

@@ -4,21 +4,34 @@ function that loads a model with its tokenizer (a checkpoint of this repo or a p
 """
 
 import ast
+import contextlib
 import dataclasses
 import difflib
+import errno
 import hashlib
+import inspect
+import io
 import json
 import os
 import pickle
+import re
 import socket
+import subprocess
+import sys
+import textwrap
+import tokenize
 import types
+import urllib.error
+import urllib.request
 
 import numpy as np
 import torch
 
 from model import GPT, GPTConfig
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+REPO = os.path.dirname(os.path.abspath(__file__))
+DATA_ROOT = os.path.join(REPO, "data")
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_ENCODINGS = ("gpt2", "r50k_base")  # two tiktoken names for the same GPT-2 BPE token ids
 GPT2_VOCAB = 50257  # what data without meta.pkl is: GPT-2 BPE token ids, as in nanoGPT
 
@@ -47,6 +60,18 @@ def check_choice(name, value, allowed):
         raise ConfigError(f"unknown {name}={value!r}; allowed: {', '.join(allowed)}")
 
 
+def check_device(device, name="device"):
+    """device must be cpu, cuda, cuda:N or mps, and present on this machine."""
+    kind, _, index = device.partition(":")
+    check_choice(name, kind, ("cpu", "cuda", "mps"))
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{name}={device!r} but torch sees no CUDA GPU here; use {name}=cpu")
+    if kind == "cuda" and index and not (index.isdigit() and int(index) < torch.cuda.device_count()):
+        raise ConfigError(f"{name}={device!r} but this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{name}={device!r} but MPS is not available here; use {name}=cpu")
+
+
 def read_config_file(path):
     """The names a config file assigns (it is python, run with exec), less dunders and imported modules."""
     if not os.path.isfile(path):
@@ -57,9 +82,40 @@ def read_config_file(path):
     return {k: v for k, v in namespace.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
 
 
+def settings_help(cls):
+    """The --help of a script whose settings are the dataclass cls: its module's docstring, then every field
+    with its default and the comment beside it in cls's source (comment lines between fields are headings),
+    so the help cannot drift from the settings."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {t.start[0]: t.string.lstrip("#").strip()
+                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    body = ast.parse(source).body[0].body
+    fields = {node.lineno: node for node in body if isinstance(node, ast.AnnAssign)}
+    end = min([node.lineno for node in body if isinstance(node, ast.FunctionDef)] + [len(source.splitlines()) + 1])
+    defaults = {f.name: f"--{f.name}={f.default!r}" for f in dataclasses.fields(cls)}
+    width = max(map(len, defaults.values())) + 2
+    module = sys.modules[cls.__module__]
+    lines = [f"usage: python {os.path.basename(module.__file__)} [config_file.py ...] [--key=value ...]", "",
+             (module.__doc__ or "").strip(), "", "settings, with their defaults:"]
+    in_field = {row for node in fields.values() for row in range(node.lineno, node.end_lineno + 1)}
+    headings = {row for row in comments if row not in in_field and row < end}
+    for row in range(1, end):
+        if row in fields:
+            node = fields[row]
+            comment = " ".join(comments[r] for r in range(node.lineno, node.end_lineno + 1) if r in comments)
+            lines.append(f"  {defaults[node.target.id]:<{width}}{comment}".rstrip())
+        elif row in headings:  # a blank line before each heading; consecutive comment lines are one paragraph
+            lines += [comments[row]] if row - 1 in headings else ["", comments[row]]
+    return "\n".join(lines)
+
+
 def load_config(argv, cls):
     """nanoGPT-style settings from the command line: config files and --key=value overrides, in order.
-    An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text."""
+    An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text.
+    -h or --help prints the settings with their defaults and comments, and exits."""
+    if "-h" in argv or "--help" in argv:
+        print(settings_help(cls))
+        sys.exit(0)
     types_ = {f.name: type(f.default) for f in dataclasses.fields(cls)}
     values = {}
     for arg in argv:
@@ -95,13 +151,19 @@ def bin_dtype(meta):
     return np.dtype((meta or {}).get("dtype", "uint16"))
 
 
-def open_bin(path, meta):
-    """A read-only memmap of a .bin file of token ids, in the dtype meta records."""
-    return np.memmap(path, dtype=bin_dtype(meta), mode="r")
+def read_tokens(folder, split, meta=None):
+    """The token ids of folder/<split>.bin, as a read-only memmap in the dtype of folder's meta.pkl (pass
+    meta when it is read already)."""
+    return np.memmap(os.path.join(folder, f"{split}.bin"), dtype=bin_dtype(meta or read_meta(folder)), mode="r")
+
+
+def vocab_of(meta):
+    """The number of token ids the data's tokenizer has (not the model's, which may pad it)."""
+    return meta["vocab_size"] if meta is not None else GPT2_VOCAB
 
 
 def read_meta(folder):
-    """The dict in folder/meta.pkl, or None if there is none."""
+    """folder/meta.pkl's dict, or None if there is none (GPT-2 BPE data, as in nanoGPT)."""
     path = os.path.join(folder, "meta.pkl")
     if not os.path.isfile(path):
         return None
@@ -132,7 +194,7 @@ def check_bin(path, meta, block_size):
     if counted is not None and counted != n:
         raise ConfigError(f"{path} holds {n} tokens but its meta.pkl counted {counted}: files of two preparations "
                           f"(an interrupted one?); prepare the data again")
-    vocab_size = meta["vocab_size"] if meta is not None else GPT2_VOCAB
+    vocab_size = vocab_of(meta)
     data = np.memmap(path, dtype=dtype, mode="r")
     top = max(int(data[s:s + 65536].max()) for s in np.linspace(0, max(0, n - 65536), 16).astype(np.int64))
     if top >= vocab_size:
@@ -166,6 +228,24 @@ def find_data(data_dir, dataset, block_size):
     for split in ("train", "val"):
         check_bin(os.path.join(folder, f"{split}.bin"), meta, block_size)
     return folder, meta
+
+
+def prepare_default_data(dataset, data_dir):
+    """data/shakespeare_char is made from the corpus committed in data/shakespeare/input.txt the first time a
+    run needs it, so installing and training are the whole set-up. Other datasets are prepared by hand."""
+    folder = os.path.join(DATA_ROOT, "shakespeare_char")
+    if data_dir or dataset != "shakespeare_char" or all(
+            os.path.isfile(os.path.join(folder, s)) for s in ("train.bin", "val.bin")):
+        return
+    prepare = os.path.join(folder, "prepare.py")
+    print(f"preparing {folder} from the embedded corpus data/shakespeare/input.txt (first run): python {prepare}")
+    # run as the script it is: scripts share code only through common.py and model.py, found through PYTHONPATH
+    # wherever DATA_ROOT is
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (REPO, os.environ.get("PYTHONPATH"))))}
+    done = subprocess.run([sys.executable, prepare], capture_output=True, text=True, env=env)
+    if done.returncode:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ConfigError(f"preparing {folder} failed ({why}); run python {prepare} to see why")
 
 
 def encode_docs(docs, encode_batch, separator, batch_size=256):
@@ -222,6 +302,27 @@ def write_data(out_dir, splits, meta):
 
 
 # --------------------------------------------------------------------------------------------------
+# metrics.jsonl: one JSON object per line, appended as training goes
+
+
+def read_jsonl(path):
+    """The rows of a JSON-lines file. A partial last line (a crash while it was written) is dropped with a
+    warning, so it never blocks a resume or an analysis; a bad line before it is an error naming it."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            if line.strip():
+                rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ConfigError(f"{path} line {i + 1} is not JSON: {line[:80]!r}") from None
+            print(f"warning: {path} ends in a partial line (an interrupted write), dropped: {line[:80]!r}", file=sys.stderr)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
 # tokenizers: what a token id means, from a meta dict (meta.pkl, or a checkpoint's copy of it).
 # Three kinds: characters ("stoi", "itos"), a tiktoken BPE ("encoding") and a Hugging Face tokenizer
 # ("tokenizer": its hub name or absolute directory, "vocab_hash": a digest of its token -> id table).
@@ -249,32 +350,56 @@ def describe_tokenizer(meta):
     return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
 
 
+def load_tiktoken(*names):
+    """The first of these tiktoken encodings that loads. tiktoken downloads an encoding's files once and
+    keeps them in TIKTOKEN_CACHE_DIR; offline without them, say so instead of a network traceback."""
+    import tiktoken
+    for name in names:
+        if name not in tiktoken.list_encoding_names():
+            raise ConfigError(f"tiktoken has no encoding {name!r}; it has {', '.join(tiktoken.list_encoding_names())}")
+        try:
+            return tiktoken.get_encoding(name)
+        except Exception as e:  # no network, or no cached files for this name: try the next one
+            error = e
+    where = os.environ.get("TIKTOKEN_CACHE_DIR", "not set")
+    raise ConfigError(f"tiktoken could not load the {' or '.join(names)} BPE files ({type(error).__name__}; "
+                      f"TIKTOKEN_CACHE_DIR: {where}): connect once to download them, or set TIKTOKEN_CACHE_DIR "
+                      f"to a folder holding them")
+
+
 def gpt2_encoding():
     """tiktoken's GPT-2 BPE. "gpt2" downloads its files; "r50k_base" has the same token ids and also
     loads offline from a TIKTOKEN_CACHE_DIR holding its ranks file."""
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception:  # no network, or no cached files for this name: try the other one
-        return tiktoken.get_encoding("r50k_base")
+    return load_tiktoken("gpt2", "r50k_base")
 
 
-def offline_unless_hub_answers():
-    """Hugging Face libraries retry an unreachable hub for half a minute before they fail. If
-    huggingface.co does not answer within 3 s, switch them to offline mode instead: cached files still
-    load, and anything else fails at once. Must run before transformers or datasets is imported."""
-    if os.environ.get("HF_HUB_OFFLINE"):
-        return
+def hub_offline():
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(timeout=5):
+    """Whether the Hugging Face hub answers one request (transformers retries for minutes when it does not)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # an answer, if not a welcome one
+    except OSError:  # URLError, a timeout, no route
+        return False
+    return True
+
+
+def check_hub(name, setting):
+    """A name that is no local directory comes from the Hugging Face hub; without network, fail at once
+    saying what would work, rather than after minutes of retries."""
+    if not os.path.isdir(name) and not hub_offline() and not hub_reachable():
+        raise ConfigError(f"{setting}={name!r} needs the Hugging Face hub, which cannot be reached: connect, set "
+                          f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
 
 
 def hf_tokenizer(name, setting="tokenizer"):
     """A Hugging Face tokenizer (AutoTokenizer) from a hub name or a local directory."""
-    if not os.path.isdir(name):
-        offline_unless_hub_answers()
+    check_hub(name, setting)
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -293,22 +418,26 @@ def hf_meta(tok, name):
             "vocab_hash": digest}
 
 
+def hf_separator(tok):
+    """The token a Hugging Face tokenizer's models see between documents: BOS (LLaMA-3 starts every
+    document with <|begin_of_text|>), else EOS (Qwen ends one with <|endoftext|>)."""
+    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+
 def open_tokenizer(name):
     """(meta, encode_batch, separator) of a tokenizer by name, to prepare data with: a tiktoken encoding
     (gpt2, r50k_base, cl100k_base, ...) or else a Hugging Face tokenizer (hub name or directory). meta is
     what meta.pkl records; encode_batch maps a list of texts to lists of ids, reading special-token text
-    such as "<|endoftext|>" as plain text; separator is the id that goes before each document: the
-    tokenizer's <|endoftext|>, or for a Hugging Face one its BOS token (LLaMA-3 starts every document with
-    <|begin_of_text|>) and, without one, its EOS token (Qwen's <|endoftext|>)."""
+    such as "<|endoftext|>" as plain text; separator is the id that goes before each document (eot_token)."""
     import tiktoken
     if name in tiktoken.list_encoding_names():
-        enc = gpt2_encoding() if name in GPT2_ENCODINGS else tiktoken.get_encoding(name)
+        enc = tiktoken_encoding({"encoding": name})
         return {"vocab_size": enc.n_vocab, "encoding": name}, enc.encode_ordinary_batch, enc.eot_token
     try:
         tok = hf_tokenizer(name)
     except ConfigError as e:
         raise ConfigError(f"{e}; nor is it a tiktoken encoding ({', '.join(tiktoken.list_encoding_names())})") from None
-    separator = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    separator = hf_separator(tok)
     if separator is None:
         raise ConfigError(f"tokenizer={name!r} has neither a BOS nor an EOS token to separate documents with")
 
@@ -332,40 +461,186 @@ def get_tokenizer(meta):
 
         return encode, lambda ids: "".join(itos[i] for i in ids)
     if meta is not None and "vocab_hash" in meta:
-        tok = hf_tokenizer(meta["tokenizer"])
-        if hf_meta(tok, meta["tokenizer"])["vocab_hash"] != meta["vocab_hash"]:
-            raise ConfigError(f"the tokenizer now at {meta['tokenizer']!r} is not the one the model's data was made with "
-                              f"(another vocabulary)")
+        tok = checked_hf_tokenizer(meta)
         return (lambda text: tok.encode(text, add_special_tokens=False)), tok.decode
-    name = "gpt2" if meta is None else meta["encoding"]
-    if name in GPT2_ENCODINGS:
-        enc = gpt2_encoding()
-    else:
-        import tiktoken
-        enc = tiktoken.get_encoding(name)
+    enc = tiktoken_encoding(meta)
     return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
 
 
+def tiktoken_encoding(meta):
+    name = "gpt2" if meta is None else meta["encoding"]
+    return gpt2_encoding() if name in GPT2_ENCODINGS else load_tiktoken(name)
+
+
+def checked_hf_tokenizer(meta):
+    """The Hugging Face tokenizer meta names, once known to be the one that made the data."""
+    tok = hf_tokenizer(meta["tokenizer"])
+    if hf_meta(tok, meta["tokenizer"])["vocab_hash"] != meta["vocab_hash"]:
+        raise ConfigError(f"the tokenizer now at {meta['tokenizer']!r} is not the one the model's data was made with "
+                          f"(another vocabulary)")
+    return tok
+
+
+def eot_token(meta):
+    """The id of the token that separates documents, the one data/fineweb_edu puts before every document
+    (tiktoken's <|endoftext|>, a Hugging Face tokenizer's hf_separator), or None: character-level data has
+    no such token."""
+    if meta is not None and "stoi" in meta:
+        return None
+    if meta is not None and "vocab_hash" in meta:
+        return hf_separator(checked_hf_tokenizer(meta))
+    return tiktoken_encoding(meta).eot_token
+
+
 # --------------------------------------------------------------------------------------------------
-# checkpoints, pretrained models and teachers
+# out_dir: one training run's files, written by one process at a time
+#   ckpt.pt        the last checkpoint: init_from="resume" continues it
+#   best.pt        the checkpoint of the lowest val loss so far: sample, analyze and KD teachers load it
+#   metrics.jsonl  what train.py logs
+#   train.lock     the pid and host of the process training there, while it does
+
+RUN_FILES = ("ckpt.pt", "best.pt", "metrics.jsonl")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the message names it and says why."""
+
+
+@contextlib.contextmanager
+def hold_out_dir(out_dir, fresh, overwrite):
+    """out_dir for one training run, held through out_dir/train.lock until the run ends, also on an error.
+    A lock of a live process is an error; one left by a process that is gone is taken over. A fresh run
+    refuses an out_dir that already holds a run, unless overwrite. An out_dir this made and left empty (the
+    run stopped before writing anything) is removed again."""
+    made = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    lock = os.path.join(out_dir, "train.lock")
+    take_lock(lock, out_dir)
+    try:
+        found = [f for f in RUN_FILES if os.path.exists(os.path.join(out_dir, f))]
+        if fresh and found and not overwrite:
+            raise ConfigError(f"out_dir={out_dir!r} already holds a run ({', '.join(found)}): continue it with "
+                              f"--init_from=resume, choose another out_dir, or pass --overwrite=True to replace it")
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+        if made and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+
+
+def take_lock(lock, out_dir):
+    """Creates lock holding this process's pid and host, taking over one whose process is gone."""
+    while True:
+        try:
+            with open(lock, "x") as f:  # "x": fails if it exists, so of two processes only one creates it
+                f.write(f"{os.getpid()} {socket.gethostname()}")
+            return
+        except FileExistsError:
+            pass
+        try:
+            with open(lock) as f:
+                holder = f.read().split()
+        except FileNotFoundError:
+            continue  # its run ended meanwhile
+        pid, host = (holder + ["?", "?"])[:2]
+        if not pid.isdigit() or process_alive(int(pid), host):
+            raise ConfigError(f"out_dir={out_dir!r} is in use by another run (pid {pid} on host {host}, as {lock} "
+                              f"says): wait for it to end or choose another out_dir; if no run uses it, delete {lock}")
+        print(f"taking over {lock}: its run (pid {pid}) is gone, it crashed or was killed")
+        with contextlib.suppress(FileNotFoundError):  # another process took it over first
+            os.remove(lock)
+
+
+def process_alive(pid, host):
+    if host != socket.gethostname():
+        return True  # another machine's process: no way to tell, so assume it runs
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def save_checkpoint(ckpt, path):
+    """Writes ckpt to path through a temporary file and a rename: a crash, or a full disk, while saving
+    leaves the previous checkpoint at path whole."""
     tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash while saving leaves the previous checkpoint whole
+    try:
+        with open(tmp, "wb") as f:  # a file object: torch's RuntimeError then carries the OSError behind it
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            why = "the disk is full (no space left on device)"
+        else:
+            why = first_line(cause or e)
+        raise CheckpointError(f"could not write the checkpoint {path}: {why}; its temporary file is removed "
+                              f"and an earlier {os.path.basename(path)} there is unchanged") from None
+
+
+def first_line(error):
+    """An exception's type and first sentence: the gist of library messages that run over several."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
+
+
+def read_checkpoint(path):
+    """The dict a train.py checkpoint file holds; a corrupt or truncated file is an error naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu")
+    except Exception as e:  # torch says "failed finding central directory" and the like
+        raise ConfigError(f"{path} cannot be read, the file is corrupt or truncated ({first_line(e)}); "
+                          f"an earlier checkpoint or a new run is needed") from None
+    if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
+        raise ConfigError(f"{path} is not a checkpoint of train.py (it has no model and model_args)")
+    return ckpt
+
+
+def describe_checkpoint(path, ckpt):
+    loss = ckpt.get("val_loss")
+    return f"{path} (iter {ckpt.get('iter_num', '?')}" + (f", val loss {loss:.4f})" if loss is not None else ")")
+
+
+# --------------------------------------------------------------------------------------------------
+# loading a model: a checkpoint of this repo or a pretrained one
+
+
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")  # a hub name is organisation/model; older ones have no organisation
 
 
 def checkpoint_path(name):
-    """name's ckpt.pt (name is the file or an out_dir holding it), or None if it is neither."""
-    path = os.path.join(name, "ckpt.pt") if os.path.isfile(os.path.join(name, "ckpt.pt")) else name
+    """The checkpoint of this repo that name stands for: name itself, or in an out_dir its best.pt, else its
+    ckpt.pt; None if there is none."""
+    path = next((os.path.join(name, f) for f in ("best.pt", "ckpt.pt") if os.path.isfile(os.path.join(name, f))), name)
     return path if os.path.isfile(path) else None
 
 
-def hf_config(name, setting):
-    """The transformers config of a causal LM (hub name or local directory); refuses anything else."""
-    if not os.path.isdir(name):
-        offline_unless_hub_answers()
+def hf_load_error(name, setting, e):
+    hint = " (HF_HUB_OFFLINE is set: is it in the Hugging Face cache?)" if hub_offline() and not os.path.isdir(name) else ""
+    return ConfigError(f"{setting}={name!r} could not be loaded as a Hugging Face model{hint}: {first_line(e)}")
+
+
+def find_model(name, setting):
+    """(checkpoint path, None) for a checkpoint of this repo, (None, transformers config) for a Hugging Face
+    causal LM, a local directory or a hub name; anything else is an error saying what would do."""
+    path = checkpoint_path(name)
+    if path is not None:
+        return path, None
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+        raise ConfigError(f"{setting}={name!r} is a directory with neither a checkpoint of train.py (best.pt, "
+                          f"ckpt.pt) nor a Hugging Face model (config.json)")
+    if not os.path.isdir(name) and not (name in GPT2_NAMES or HUB_NAME.fullmatch(name)):
+        raise ConfigError(f"{setting}={name!r} is no file or directory: expected a checkpoint of train.py, an out_dir "
+                          f"holding one, or a Hugging Face model: a local directory or a hub name (gpt2-medium, "
+                          f"Qwen/Qwen1.5-1.8B, ...)")
+    check_hub(name, setting)
     try:
         from transformers import AutoConfig
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -373,13 +648,12 @@ def hf_config(name, setting):
         raise ImportError("Hugging Face models need the optional package transformers: pip install transformers") from None
     try:
         config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{setting}={name!r} is neither a ckpt.pt of this repo (or an out_dir holding one) nor a "
-                          f"Hugging Face model ({str(e).strip().splitlines()[0]})") from None
+    except (OSError, ValueError) as e:  # not in the cache (offline), no such model, a bad config.json
+        raise hf_load_error(name, setting, e) from None
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise ConfigError(f"{setting}={name!r} is a Hugging Face {config.model_type!r} model, not a causal LM "
                           f"(AutoModelForCausalLM cannot load it)")
-    return config
+    return None, config
 
 
 def pretrained_meta(name, config, setting):
@@ -391,23 +665,26 @@ def pretrained_meta(name, config, setting):
 
 
 def load_model(name, device="cpu", setting="init_from"):
-    """(model, meta, ckpt) from a checkpoint of this repo (a ckpt.pt or an out_dir holding one) or from a
-    pretrained GPT-2, LLaMA or Qwen2 (a hub name or a local directory, through transformers). meta tells
-    the tokenizer, as a meta.pkl does; ckpt is the checkpoint dict, None for a pretrained model. setting
-    names the setting name came from, for the error message."""
-    path = checkpoint_path(name)
+    """(model, meta, ckpt) from a checkpoint of this repo (a file, or an out_dir: its best.pt, else its
+    ckpt.pt) or from a pretrained GPT-2, LLaMA or Qwen2 (a hub name or a local directory, through
+    transformers); says which it loaded. meta tells the tokenizer, as a meta.pkl does; ckpt is the
+    checkpoint dict, None for a pretrained model. setting names the setting name came from, for the messages."""
+    check_device(device)
+    path, config = find_model(name, setting)
     if path is not None:
-        ckpt = torch.load(path, map_location="cpu")
+        ckpt = read_checkpoint(path)
         model = GPT(GPTConfig(**ckpt["model_args"]))
         # a checkpoint of a torch.compile'd model has every key prefixed by the wrapper's attribute name
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
         meta = ckpt.get("meta")
+        print(f"{setting}: loaded {describe_checkpoint(path, ckpt)}")
     else:
-        meta, ckpt = pretrained_meta(name, hf_config(name, setting), setting), None
+        meta, ckpt = pretrained_meta(name, config, setting), None
         try:
             model = GPT.from_pretrained(name)
-        except ValueError as e:  # a causal LM whose blocks model.py does not have
-            raise ConfigError(f"{setting}={name!r}: {e}") from None
+        except (OSError, ValueError) as e:  # files missing, a model model.py does not have
+            raise hf_load_error(name, setting, e) from None
+        print(f"{setting}: loaded the pretrained {name}")
     return model.to(device), meta, ckpt
 
 
@@ -444,17 +721,16 @@ def load_hf_teacher(name, device):
 
 def load_teacher(name, device, meta, block_size, compile=False):
     """The frozen teacher for distillation on data described by meta (None: GPT-2 BPE): a checkpoint of
-    this repo (as load_model) or any Hugging Face causal LM, a hub name or local directory, through
+    this repo (an out_dir: its best.pt, as load_model) or any Hugging Face causal LM, a hub name or local directory, through
     AutoModelForCausalLM (bf16 on CUDA, fp32 elsewhere; its tokenizer is the one saved with it). In eval
     mode, without gradients, compiled if compile; train.py calls teacher(idx, return_hidden=True) and
     teacher.lm_head. Refused when its tokenizer is not the data's, its context is shorter than block_size
     or it has fewer logits than the vocabulary; for a Hugging Face model before its weights are loaded."""
-    path = checkpoint_path(name)
+    path, config = find_model(name, "teacher")
     if path is not None:
         teacher, teacher_meta, _ = load_model(path, device, "teacher")
         context, vocab_size = ("block_size", teacher.config.block_size), teacher.config.vocab_size
     else:
-        config = hf_config(name, "teacher")
         teacher_meta = pretrained_meta(name, config, "teacher")
         text = config.get_text_config()
         context, vocab_size = ("max_position_embeddings", text.max_position_embeddings), text.vocab_size
@@ -463,7 +739,7 @@ def load_teacher(name, device, meta, block_size, compile=False):
         raise ConfigError(f"teacher {name!r} has another tokenizer than the data; {tokenizers}")
     if context[1] < block_size:
         raise ConfigError(f"teacher {name!r} has {context[0]}={context[1]}, smaller than the student's block_size={block_size}")
-    data_vocab = meta["vocab_size"] if meta is not None else GPT2_VOCAB
+    data_vocab = vocab_of(meta)
     if vocab_size < data_vocab:
         raise ConfigError(f"teacher {name!r} has {vocab_size} logits, fewer than the data's vocab_size={data_vocab}; {tokenizers}")
     if path is None:

@@ -420,18 +420,29 @@ class GPT(nn.Module):
         self.train(was_training)
         return record
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas):
         # 2-D weights (matmuls, embeddings) decay; biases, norm gains and the sink logits do not
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+        # fused: one kernel updates every parameter, on CUDA, MPS and CPU alike (on 2 CPU cores it takes
+        # the optimizer step of the 0.8M-parameter main job from about 7 ms to 2)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=989e12):
-        """Model FLOPs utilisation as in nanoGPT (PaLM appendix B), by default against an H100's bf16 peak."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilisation as in nanoGPT (PaLM appendix B), against peak_flops (see peak_flops()).
+        6 FLOPs per token and matmul weight (2 forward, 4 backward): every Linear, so the variants' own
+        projections (the gate's and alpha's W_a) and the block's shapes (SwiGLU's three matrices, GQA's
+        narrower k and v, an untied lm_head) count as they are; 12 L H Q T for Q K^T and P V over all T
+        keys; the sink's extra key and feature; affine's running sum of V and alpha P V + beta (M V) (4 per
+        head feature forward, twice that backward). The rest of the elementwise work is left out, as in PaLM."""
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
+        n_matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        attn_Q, attn_T = (Q + 1, T + 1) if cfg.attn == "sink" else (Q, T)
+        flops_per_token = 6 * n_matmul + 12 * L * H * attn_Q * attn_T
+        if cfg.attn in ("affine", "affine_gated"):
+            flops_per_token += 12 * L * H * Q
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
@@ -538,6 +549,26 @@ def llama_state(sd_hf, n_layer):
         ours[h + "mlp.c_fc.weight"] = torch.cat([sd_hf[hf + "mlp.gate_proj.weight"], sd_hf[hf + "mlp.up_proj.weight"]])
         ours[h + "mlp.c_proj.weight"] = sd_hf[hf + "mlp.down_proj.weight"]
     return ours
+
+
+# Dense peak FLOP/s (no sparsity) of some GPUs, from NVIDIA's data sheets, for the two dtypes training runs
+# in: "bfloat16" (autocast) and "float32", whose matmuls run in TF32 (train.py and bench.py allow it).
+# The first entry whose words are all words of torch.cuda.get_device_name() wins.
+PEAK_FLOPS = {
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
+    "H100 NVL": {"bfloat16": 835e12, "float32": 418e12},
+    "H100": {"bfloat16": 989e12, "float32": 495e12},  # SXM
+    "H200 NVL": {"bfloat16": 835e12, "float32": 418e12},
+    "H200": {"bfloat16": 989e12, "float32": 495e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "L4": {"bfloat16": 121e12, "float32": 60e12},
+}
+
+
+def peak_flops(device_name, dtype):
+    """PEAK_FLOPS of the GPU named device_name (e.g. "NVIDIA A100-SXM4-80GB") in dtype, None if unknown."""
+    words = set(device_name.replace("-", " ").split())
+    return next((peaks[dtype] for name, peaks in PEAK_FLOPS.items() if set(name.split()) <= words), None)
 
 
 def param_overhead(config):

@@ -4,9 +4,11 @@ Sample from a model trained by train.py or from GPT-2.
     python sample.py --init_from=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=3
     python sample.py --init_from=gpt2 --start=FILE:prompt.txt --max_new_tokens=100
 
+An out_dir stands for its best.pt (the lowest val loss); the script says which file it loaded.
 Settings are the fields of SampleConfig, given as in train.py (config files and --key=value overrides).
 """
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ from common import ConfigError, check_types, get_tokenizer, load_config, load_mo
 
 @dataclass
 class SampleConfig:
-    init_from: str = "out"  # an out_dir, a ckpt.pt, or GPT-2: gpt2, gpt2-medium, ... or a local directory
+    init_from: str = "out"  # an out_dir (its best.pt), a checkpoint file, or GPT-2: gpt2, gpt2-medium, ... or a local directory
     start: str = "\n"  # the prompt, or FILE:path to read it from a file
     num_samples: int = 10
     max_new_tokens: int = 500
@@ -43,6 +45,8 @@ def sample(cfg):
     encode, decode = get_tokenizer(meta)
     start = cfg.start
     if start.startswith("FILE:"):
+        if not os.path.isfile(start[len("FILE:"):]):
+            raise ConfigError(f"start={start!r}: there is no file {start[len('FILE:'):]!r}")
         with open(start[len("FILE:"):], encoding="utf-8") as f:
             start = f.read()
     ids = encode(start)

@@ -268,7 +268,7 @@ def test_bad_teachers_are_refused_before_training(teacher_dir, bpe_data, tmp_pat
     T5Config().save_pretrained(tmp_path / "t5")
     refused(str(tmp_path / "t5"), "teacher=.*t5' is a Hugging Face 't5' model, not a causal LM")
     (tmp_path / "empty").mkdir()
-    refused(str(tmp_path / "empty"), "teacher=.*empty' is neither a ckpt.pt of this repo .* nor a Hugging Face model")
+    refused(str(tmp_path / "empty"), "teacher=.*empty' is a directory with neither a checkpoint of train.py")
     refused(teacher_dir, "another tokenizer than the data; teacher: Hugging Face tokenizer .* \\(400 tokens\\), "
                          "data: character-level \\(8 characters\\)", data=make_char_data(tmp_path / "chars"))
     refused(teacher_dir, "has max_position_embeddings=64, smaller than the student's block_size=128", block_size=128)
@@ -347,3 +347,13 @@ def test_chunks_bound_the_logits(monkeypatch):
     forward_calls = len(rows)
     loss.backward()
     assert forward_calls == 2 * 6 and len(rows) == 2 * forward_calls and max(rows) == 8
+
+
+def test_bench_measures_the_loss_memory_against_loss_chunk(capsys):
+    import bench
+
+    rows = bench.main(["--device=cpu", "--loss_chunks=0,16", "--vocab_size=2000", "--n_embd=16", "--seq_lens=128", "--iters=1"])
+    assert [r["loss_chunk"] for r in rows] == [0, 16] and rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-6)
+    # unchunked: about 7 fp32 tensors of 128 x 2000 logits (1 MiB each); in chunks of 16 tokens an eighth of that
+    assert rows[0]["peak_mib"] > 5 and rows[1]["peak_mib"] < 0.5 * rows[0]["peak_mib"]
+    assert "loss_chunk   peak MiB" in capsys.readouterr().out

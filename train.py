@@ -7,14 +7,25 @@ Train a GPT of model.py, with any of its attention variants, by cross-entropy or
 
 Every setting is a field of TrainConfig. A config file is python that assigns some of them; --key=value
 overrides follow; later ones win. As a library: train(load_config([...], TrainConfig)) or train(TrainConfig(...)).
-Writes out_dir/ckpt.pt and out_dir/metrics.jsonl, one JSON object per logged step:
+A fresh run (init_from="scratch") refuses an out_dir that already holds one (--overwrite=True replaces it);
+one process at a time trains in an out_dir (out_dir/train.lock holds its pid while it does). Writes
+  out_dir/ckpt.pt        the last checkpoint, which init_from="resume" continues (it must have the same
+                         model settings, data and tokenizer)
+  out_dir/best.pt        the checkpoint of the lowest val loss, which sample.py, analyze.py and a KD
+                         teacher given as an out_dir load; val_loss and iter_num in it are its own
+  out_dir/metrics.jsonl  one JSON object per logged step:
   every log_interval iters  iter, lr, loss, ce (and kd when distilling), grad_norm (before clipping),
-                            tokens_per_s, logit_mag (the paper's Fig. 2: mean |pre-softmax logit| over the
-                            causally visible entries of every layer and head) and, for the affine variants,
-                            alpha and alpha_ma (per layer, means over heads and tokens); loss, ce and kd
-                            are means over the iterations since the previous row
-  every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling);
+                            tokens_per_s and dt_ms (training alone: evaluation and logging left out);
+                            loss, ce, kd and dt_ms are means over the iterations since the previous row
+  every stats_interval iters the log row also has logit_mag (the paper's Fig. 2: mean |pre-softmax logit|
+                            over the causally visible entries of every layer and head) and, for the affine
+                            variants, alpha and alpha_ma (per layer, means over heads and tokens)
+  every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling),
+                            time_s (wall seconds from the start to this evaluation), eval_s (its seconds);
   and after the last iter   the same, and the last checkpoint is written
+With always_save_checkpoint=True ckpt.pt is written at every evaluation, else only when the val loss
+improves and after the last iter. The first run of the default dataset prepares it from the embedded corpus.
+At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging".
 """
 
 import dataclasses
@@ -34,7 +45,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from common import GPT2_VOCAB, ConfigError, check_choice, check_types, find_data, load_config, load_teacher, open_bin, save_checkpoint
+from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer,
+                    find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
+                    read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
 from model import GPT, GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
@@ -52,9 +65,12 @@ class TrainConfig:
     out_dir: str = "out"
     eval_interval: int = 2000
     eval_iters: int = 200  # batches per split at each evaluation
-    log_interval: int = 10  # also how often logit_mag is measured (one extra eager forward)
-    always_save_checkpoint: bool = True  # False: save only when val loss improves (and at the end)
+    log_interval: int = 10
+    # the attention statistics cost one extra eager forward (T x T maps), so they are measured more rarely
+    stats_interval: int = 100  # in the first log row at or after every multiple of it
+    always_save_checkpoint: bool = True  # False: ckpt.pt only when val loss improves, and at the end (best.pt: when it improves)
     init_from: str = "scratch"  # or "resume" from out_dir/ckpt.pt
+    overwrite: bool = False  # True: a fresh run replaces the run already in out_dir
     seed: int = 1337
     # data
     dataset: str = "shakespeare_char"
@@ -84,7 +100,7 @@ class TrainConfig:
     affine_n: str = "context"  # N of Eq. 8: "context" (block_size) or "prefix" (keys the query sees)
     # loss
     loss: str = "ce"  # "ce", or "kd" to distil from teacher
-    teacher: str = ""  # a ckpt.pt of this repo, an out_dir holding one, or a Hugging Face causal LM (name or directory)
+    teacher: str = ""  # a checkpoint file, an out_dir (its best.pt), or a Hugging Face causal LM (hub name or directory)
     kd_alpha: float = 0.5  # loss = kd_alpha * tau^2 * KL + (1 - kd_alpha) * CE
     kd_temperature: float = 1.0  # tau
     kd_reverse: bool = False  # KL(student || teacher) instead of KL(teacher || student)
@@ -114,12 +130,24 @@ class TrainConfig:
         check_choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
         check_choice("dtype", self.dtype, ("float32", "bfloat16"))
         check_choice("device", self.device.split(":")[0], ("cpu", "cuda", "mps"))
-        for name in ("eval_interval", "eval_iters", "log_interval", "gradient_accumulation_steps", "batch_size"):
+        for name in ("eval_interval", "eval_iters", "log_interval", "stats_interval", "gradient_accumulation_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("max_iters", "warmup_iters", "loss_chunk"):
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "loss_chunk"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must be positive")
+        if not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError(f"min_lr={self.min_lr} must be in [0, learning_rate={self.learning_rate}]")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if self.warmup_iters > self.max_iters:
+            raise ConfigError(f"warmup_iters={self.warmup_iters} must be at most max_iters={self.max_iters}")
+        if self.lr_schedule == "cosine" and self.lr_decay_iters < self.warmup_iters:
+            raise ConfigError(f"lr_decay_iters={self.lr_decay_iters} must be at least warmup_iters={self.warmup_iters} "
+                              f"(the cosine decay follows the warmup)")
         if self.loss == "kd" and not self.teacher:
             raise ConfigError("loss='kd' needs a teacher: a ckpt.pt, an out_dir holding one, or a Hugging Face causal LM")
         if self.loss == "ce" and self.teacher:
@@ -143,7 +171,7 @@ def get_batch(data_dir, split, batch_size, block_size, generator, device, meta=N
     """batch_size random windows of block_size + 1 tokens, as inputs x and next-token targets y.
     meta: the data's meta.pkl dict, which says how the ids are stored."""
     # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
-    data = open_bin(os.path.join(data_dir, f"{split}.bin"), meta)
+    data = read_tokens(data_dir, split, meta)
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
     xy = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
     if device.startswith("cuda"):
@@ -216,12 +244,30 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
     return cfg.kd_alpha * kd + (1.0 - cfg.kd_alpha) * ce, ce, kd
 
 
+def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
+    """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer must be
+    the checkpoint's. A difference is an error naming both values, never ignored or mixed into the run.
+    fused may differ: both paths compute the same function."""
+    was = ckpt["config"]  # the settings as given: model_args resolves some (n_kv_head=0 is n_head)
+    changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + ("dataset", "data_dir")
+               if k != "fused" and was.get(k) != getattr(cfg, k)]
+    if changed:
+        raise ConfigError(f"init_from='resume' continues {path}, but the settings differ: {'; '.join(changed)}. "
+                          f"Resume with the run's settings (its config, without those overrides) or start a new out_dir")
+    ckpt_vocab = ckpt["model_args"]["vocab_size"]
+    if ckpt_vocab != vocab_size or tokenizer_of(ckpt.get("meta")) != tokenizer_of(meta):
+        raise ConfigError(f"init_from='resume': {path} was trained on {describe_tokenizer(ckpt.get('meta'))} "
+                          f"(vocab_size={ckpt_vocab}), but the data in {data_dir} is {describe_tokenizer(meta)} "
+                          f"(vocab_size={vocab_size}); resume on the run's data or start a new out_dir")
+
+
 @torch.no_grad()
-def estimate_loss(model, cfg, data_dir, meta, vocab, device, ctx):
+def estimate_loss(model, cfg, data_dir, device, ctx):
     """Mean cross-entropy on eval_iters batches of each split. The generator is seeded afresh each time:
     every evaluation sees the same batches, so curves compare across evaluations and runs, and the
     training sampler's state is left alone (a resumed run draws what an uninterrupted one would)."""
     model.eval()
+    meta = read_meta(data_dir)
     out = {}
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -229,7 +275,7 @@ def estimate_loss(model, cfg, data_dir, meta, vocab, device, ctx):
         for _ in range(cfg.eval_iters):
             x, y = get_batch(data_dir, split, cfg.batch_size, cfg.block_size, generator, device, meta)
             with ctx:
-                loss, _, _ = forward_loss(model, None, x, y, cfg, vocab)
+                loss, _, _ = forward_loss(model, None, x, y, cfg, vocab_of(meta))
             total += loss.float()
         out[split] = total.item() / cfg.eval_iters
     model.train()
@@ -266,57 +312,61 @@ def train(cfg):
     """Train as cfg says. Under torchrun (RANK in the environment) this is one rank of a DDP run.
     Returns {"iter_num", "train_loss", "val_loss", "best_val_loss", "elapsed_s", "out_dir"}; the losses
     are the last evaluation's (None if none ran). Raises ConfigError before training starts when the
-    settings, data or teacher do not fit, and NonFiniteLoss if the loss stops being finite."""
+    settings, data or teacher do not fit, NonFiniteLoss if the loss stops being finite and CheckpointError
+    if a checkpoint cannot be written."""
     ddp = int(os.environ.get("RANK", -1)) != -1
-    if not ddp:
-        return _train(cfg, cfg.device, ddp)
-    device = cfg.device
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    try:
-        return _train(cfg, device, ddp)
-    finally:
-        dist.destroy_process_group()
+    check_device(cfg.device)
+    # rank 0 holds out_dir (if it cannot, it stops, and torchrun ends the other ranks)
+    master = int(os.environ.get("RANK", 0)) == 0
+    with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext():
+        if not ddp:
+            return _train(cfg, cfg.device, ddp)
+        device = cfg.device
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        try:
+            return _train(cfg, device, ddp)
+        finally:
+            dist.destroy_process_group()
 
 
 def _train(cfg, device, ddp):
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     master = rank == 0
     device_type = device.split(":")[0]
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} but torch sees no CUDA GPU; allowed here: cpu")
-    if device_type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={device!r} but MPS is not available; allowed here: cpu")
     if cfg.gradient_accumulation_steps % world:
         raise ConfigError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
                           f"multiple of the {world} DDP ranks")
     accum = cfg.gradient_accumulation_steps // world
+    if master:
+        prepare_default_data(cfg.dataset, cfg.data_dir)
+    if ddp:
+        dist.barrier()  # the other ranks wait for the data
     data_dir, meta = find_data(cfg.data_dir, cfg.dataset, cfg.block_size)
-    vocab = meta["vocab_size"] if meta is not None else GPT2_VOCAB  # the tokenizer's
+    vocab = vocab_of(meta)  # the tokenizer's
     vocab_size = meta["vocab_size"] if meta is not None else 50304  # the model's: GPT-2's padded, as in nanoGPT
 
     torch.manual_seed(cfg.seed + rank)  # different dropout on every rank; DDP copies rank 0's initial weights
     sampler = torch.Generator().manual_seed(cfg.seed + rank)  # training batches, a different stream per rank
     iter_num, best_val_loss = 0, float("inf")
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     if cfg.init_from == "resume":
         if not os.path.isfile(ckpt_path):
             raise ConfigError(f"init_from='resume' but there is no {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu")
+        ckpt = read_checkpoint(ckpt_path)
+        check_resume(cfg, ckpt, ckpt_path, meta, vocab_size, data_dir)
         if len(ckpt["rng"]) != world:
             raise ConfigError(f"{ckpt_path} was written by {len(ckpt['rng'])} DDP ranks; resume it on as many, not {world}")
-        # the checkpoint's model wins over the config's model fields, as in nanoGPT
-        cfg = dataclasses.replace(cfg, **{k: ckpt["model_args"][k] for k in MODEL_FIELDS})
-        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model = GPT(GPTConfig(**{**ckpt["model_args"], "fused": cfg.fused}))
         model.load_state_dict(ckpt["model"])
     else:
         model = GPT(cfg.gpt_config(vocab_size))
     model.to(device)
     teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile) if cfg.loss == "kd" else None
 
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
     if cfg.init_from == "resume":
         optimizer.load_state_dict(ckpt["optimizer"])
         rng = ckpt["rng"][rank]
@@ -342,13 +392,17 @@ def _train(cfg, device, ddp):
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         rows = []
         if cfg.init_from == "resume" and os.path.isfile(metrics_path):
-            with open(metrics_path) as f:  # drop what the interrupted run logged after its checkpoint
-                rows = [line for line in f if json.loads(line)["iter"] < iter_num]
-        with open(metrics_path, "w") as f:
-            f.writelines(rows)
+            # what the interrupted run logged after its checkpoint is logged again, as an uninterrupted run would
+            rows = [row for row in read_jsonl(metrics_path) if row["iter"] < iter_num]
+        else:
+            for path in (ckpt_path, best_path):  # a fresh run (overwrite=True): nothing of the old one stays
+                if os.path.exists(path):
+                    os.remove(path)
+        with open(metrics_path + ".tmp", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        os.replace(metrics_path + ".tmp", metrics_path)
         print(f"{model.get_num_params() / 1e6:.2f}M parameters, {accum * world * cfg.batch_size * cfg.block_size:,} "
               f"tokens per iteration ({accum} micro-steps x {world} ranks x {cfg.batch_size} x {cfg.block_size})")
 
@@ -379,14 +433,18 @@ def _train(cfg, device, ddp):
         raise NonFiniteLoss(f"non-finite {what} {value} at iter {it}; stopped, {kept}")
 
     last_eval = {"train_loss": None, "val_loss": None}
-    t_start = t_log = time.time()
+    # wall seconds outside the training steps, so the log says what training alone costs. Each timer starts
+    # after check_pending(), whose sync waits for the queued training work (CUDA) and counts as training.
+    spent = {"eval": 0.0, "log": 0.0}
+    start_iter, t_start = iter_num, time.time()
+    t_row, spent_at_row = t_start, 0.0
     pbar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
     while True:
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            t_eval = time.time()
             if pending:
                 check_pending()  # never save a checkpoint after a non-finite loss
-            losses = [estimate_loss(compiled, cfg, data_dir, meta, vocab, device, ctx) if master else None]
+            t_eval = time.time()
+            losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master else None]
             if ddp:
                 dist.broadcast_object_list(losses, src=0)  # every rank takes the same decisions below
             losses = losses[0]
@@ -394,19 +452,25 @@ def _train(cfg, device, ddp):
                 stop("evaluation loss", losses["val"] + losses["train"], iter_num)
             last_eval = {"train_loss": losses["train"], "val_loss": losses["val"]}
             ppl = math.exp(losses["val"]) if losses["val"] < 700 else float("inf")  # exp overflows past 709
-            log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl})
+            log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
+                 "time_s": t_eval - t_start, "eval_s": time.time() - t_eval})
             if master:
                 pbar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val ppl {ppl:.2f}")
-            if losses["val"] < best_val_loss or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
-                best_val_loss = min(best_val_loss, losses["val"])
+            best = losses["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, losses["val"])
+            if best or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
                 rng = rng_states(sampler, device_type, ddp)
                 if master:
-                    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
-                                     "iter_num": iter_num, "best_val_loss": best_val_loss, "meta": meta, "rng": rng},
-                                    ckpt_path)
+                    # val_loss is these weights' own; best_val_loss the run's lowest so far, for a resume
+                    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
+                            "iter_num": iter_num, "val_loss": losses["val"], "best_val_loss": best_val_loss,
+                            "meta": meta, "rng": rng}
+                    save_checkpoint(ckpt, ckpt_path)
+                    if best:
+                        save_checkpoint(ckpt, best_path)
                 saved_iter = iter_num
-            t_log += time.time() - t_eval  # tokens_per_s leaves evaluation and saving out
+            spent["eval"] += time.time() - t_eval  # checkpoints included
         if iter_num >= cfg.max_iters:
             break
 
@@ -430,28 +494,35 @@ def _train(cfg, device, ddp):
 
         if iter_num % cfg.log_interval == 0:
             values = check_pending()
+            t_log = time.time()
+            train_s = t_log - t_row - (sum(spent.values()) - spent_at_row)
             mean = [sum(v) / len(values) for v in zip(*values)]
-            tokens_per_s = len(values) * accum * world * cfg.batch_size * cfg.block_size / (time.time() - t_log)
-            t_log = time.time()  # what follows, attention_stats included, counts in the next row's time
             row = {"iter": iter_num, "lr": lr, "loss": mean[0], "ce": mean[1]}
             if teacher is not None:
                 row["kd"] = mean[2]
-            row.update(grad_norm=grad_norm.item(), tokens_per_s=tokens_per_s)
-            if master:
+            row.update(grad_norm=grad_norm.item(), dt_ms=1e3 * train_s / len(values),
+                       tokens_per_s=len(values) * accum * world * cfg.batch_size * cfg.block_size / train_s)
+            if master and iter_num % cfg.stats_interval < cfg.log_interval:
                 with ctx:
                     row.update(attention_stats(model, x))
             log(row)
-            pbar.set_postfix(loss=f"{mean[0]:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            pbar.set_postfix(loss=f"{mean[0]:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
             pending.clear()
+            spent["log"] += time.time() - t_log
+            t_row, spent_at_row = time.time(), sum(spent.values())
         iter_num += 1
         pbar.update()
     pbar.close()
+    elapsed = time.time() - t_start
+    if master and iter_num > start_iter:
+        total, ev, lg = (1e3 * t / (iter_num - start_iter) for t in (elapsed, spent["eval"], spent["log"]))
+        print(f"{total:.1f} ms/iter: {total - ev - lg:.1f} train, {ev:.1f} eval (with checkpoints), {lg:.1f} logging")
     return {"iter_num": iter_num, **last_eval, "best_val_loss": best_val_loss,
-            "elapsed_s": time.time() - t_start, "out_dir": cfg.out_dir}
+            "elapsed_s": elapsed, **{f"{k}_s": v for k, v in spent.items()}, "out_dir": cfg.out_dir}
 
 
 if __name__ == "__main__":
     try:
         train(load_config(sys.argv[1:], TrainConfig))
-    except (ConfigError, NonFiniteLoss) as e:
+    except (ConfigError, NonFiniteLoss, CheckpointError) as e:
         sys.exit(f"{type(e).__name__}: {e}")

@@ -16,7 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, encode_docs, offline_unless_hub_answers, open_tokenizer, write_data
+from common import ConfigError, encode_docs, hub_offline, hub_reachable, open_tokenizer, write_data
 
 SHARD = "en/c4-validation.00000-of-00008.json.gz"
 
@@ -26,7 +26,9 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=HERE)
     args = parser.parse_args(argv)
     meta, encode_batch, separator = open_tokenizer(args.tokenizer)  # first: a bad name fails before any download
-    offline_unless_hub_answers()
+    if not hub_offline() and not hub_reachable():  # datasets would retry for half a minute
+        raise SystemExit(f"allenai/c4 needs the Hugging Face hub, which cannot be reached: connect, or set "
+                         f"HF_HUB_OFFLINE=1 if {SHARD} is in the Hugging Face cache")
     try:
         from datasets import load_dataset
     except ImportError:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, encode_docs, offline_unless_hub_answers, open_tokenizer, write_data
+from common import ConfigError, encode_docs, hub_offline, hub_reachable, open_tokenizer, write_data
 
 # "r50k_base" is tiktoken's other name for the GPT-2 BPE: same ranks, same token ids as "gpt2",
 # and it loads from a cached ranks file without network (TIKTOKEN_CACHE_DIR)
@@ -63,7 +63,8 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=HERE)
     args = parser.parse_args(argv)
     tokenizer = open_tokenizer(args.tokenizer)  # first: a bad name fails before any download
-    offline_unless_hub_answers()
+    if not hub_offline() and not hub_reachable():  # datasets would retry for half a minute
+        raise SystemExit("HuggingFaceFW/fineweb-edu needs the Hugging Face hub, which cannot be reached: connect")
     try:
         # imported here, not at the top: it is optional, only this script needs it
         from datasets import load_dataset
