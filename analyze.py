@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import torch
 
-from common import DATA_ROOT, ConfigError, load_model, read_jsonl
+from common import DATA_ROOT, ConfigError, load_model, read_jsonl, read_tokens
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -104,10 +104,11 @@ def series(g):
 
 
 def val_sequences(path, num_seqs, seq_len, vocab_size):
-    """num_seqs windows of seq_len tokens, evenly spread over the file, so every checkpoint sees the same."""
+    """num_seqs windows of seq_len tokens, evenly spread over the file path (a val.bin), so every checkpoint
+    sees the same. The ids are read in the dtype of the meta.pkl beside it."""
     if not os.path.exists(path):
         raise ConfigError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
-    data = np.memmap(path, dtype=np.uint16, mode="r")
+    data = read_tokens(os.path.dirname(path), "val")
     if len(data) < seq_len:
         raise ConfigError(f"{path} has {len(data)} tokens, fewer than --seq_len={seq_len}")
     starts = np.linspace(0, len(data) - seq_len, num_seqs).astype(np.int64)

@@ -5,6 +5,7 @@ and torch.compile of the fused model, at a few sequence lengths.
 
     python bench.py                              # CUDA if present (bf16 autocast, GPT-2 small), else a small CPU model
     python bench.py --device=cpu --seq_lens=256,1024 --variants=softmax,affine --out=bench.json
+    python bench.py --loss_chunks=0,2048,512,128     # instead: the KD loss's peak memory against loss_chunk
 
 Each variant's time is also given as a ratio to softmax in the same mode at the same T, measured in the
 same run (softmax is therefore always measured), and each mode's speedup over eager. To keep those ratios
@@ -29,7 +30,7 @@ import torch
 
 from common import ConfigError, find_data, load_config
 from model import ATTN_VARIANTS, GPT, GPTConfig, peak_flops
-from train import NonFiniteLoss, TrainConfig, train
+from train import NonFiniteLoss, TrainConfig, forward_loss, train
 
 MODES = ("eager", "fused", "compile")
 
@@ -41,6 +42,8 @@ DEFAULTS = {
     "cuda": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, batch_size=8, seq_lens=[256, 1024, 2048], compile=True),
     "cpu": dict(n_layer=2, n_head=2, n_embd=128, vocab_size=65, batch_size=4, seq_lens=[256, 1024], compile=False),
 }
+# --loss_chunks: one 2048-token sequence of the paper's first student (width 1024) over Qwen's vocabulary
+LOSS_DEFAULTS = dict(n_embd=1024, vocab_size=151936, batch_size=1, seq_lens=[2048])
 
 
 def sync(device):
@@ -300,6 +303,52 @@ def time_to_loss(args):
     return runs
 
 
+class HiddenStates(torch.nn.Module):
+    """Stands in for a model in train.forward_loss: final hidden states (B, T, width), then an lm_head."""
+
+    def __init__(self, B, T, width, vocab_size):
+        super().__init__()
+        self.h = torch.nn.Parameter(torch.randn(B, T, width))
+        self.lm_head = torch.nn.Linear(width, vocab_size, bias=False)
+
+    def forward(self, idx, return_hidden=False):
+        return self.h * 1.0  # a new tensor each call, as a body's output is
+
+
+def loss_chunks(args, device):
+    """Peak memory and time of train.forward_loss's forward and backward alone against loss_chunk: pure KD
+    (its CE computed too) of a student of width n_embd from a teacher twice as wide, over vocab_size
+    tokens, on batch_size sequences of seq_lens[0] tokens. Hidden states stand in for both models' bodies,
+    so what is measured is the loss's own memory, the gradient of the student's lm_head included."""
+    T, V, C = args.seq_lens[0], args.vocab_size, args.n_embd
+    torch.manual_seed(args.seed)
+    student = HiddenStates(args.batch_size, T, C, V).to(device)
+    teacher = HiddenStates(args.batch_size, T, 2 * C, V).to(device).requires_grad_(False)
+    x = torch.randint(V, (args.batch_size, T), device=device)
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    rows = []
+    for chunk in args.loss_chunks:
+        cfg = TrainConfig(loss="kd", teacher="-", kd_alpha=1.0, loss_chunk=chunk, device=device.type)
+
+        def step():
+            with ctx:
+                loss, _, _ = forward_loss(student, teacher, x, x, cfg, V)
+            loss.backward()
+            student.zero_grad(set_to_none=True)  # so the peak counts the gradients
+            return loss.item()
+
+        loss = step()  # warm-up, and the value
+        ms = statistics.median(measure(step, device) for _ in range(args.iters)) * 1e3
+        rows.append({"loss_chunk": chunk, "peak_mib": peak_memory(step, device) / 2**20, "ms": ms, "loss": loss})
+    return rows
+
+
+def format_loss_chunks(rows):
+    lines = ["loss_chunk   peak MiB        ms        loss"]
+    lines += [f"{r['loss_chunk']:>10} {r['peak_mib']:>10.0f} {r['ms']:>9.0f} {r['loss']:>11.6f}" for r in rows]
+    return "\n".join(lines)
+
+
 def format_time_to_loss(runs):
     def f(value, spec):
         return "-" if value is None else format(value, spec)
@@ -319,7 +368,7 @@ def format_time_to_loss(runs):
     return "\n".join(lines)
 
 
-def csv_list(cast, allowed=None):
+def csv_list(cast, allowed=None, least=1):
     def parse(text):
         items = list(dict.fromkeys(cast(t.strip()) for t in text.split(",") if t.strip()))  # in order, once each
         if not items:
@@ -327,8 +376,8 @@ def csv_list(cast, allowed=None):
         for item in items:
             if allowed is not None and item not in allowed:
                 raise argparse.ArgumentTypeError(f"unknown {item!r}; allowed: {', '.join(allowed)}")
-            if allowed is None and item < 1:
-                raise argparse.ArgumentTypeError(f"{item} must be a positive integer")
+            if allowed is None and item < least:
+                raise argparse.ArgumentTypeError(f"{item} must be an integer of at least {least}")
         return items
     return parse
 
@@ -358,6 +407,9 @@ def parse_args(argv=None):
                    "data and compare their times to the baseline's final val loss (the device is the configs')")
     p.add_argument("--baseline", default="config/train_shakespeare_char_nanogpt.py")
     p.add_argument("--config", default="config/train_shakespeare_char_cpu.py")
+    p.add_argument("--loss_chunks", type=csv_list(int, least=0), help="instead: the KD loss's peak memory and time for each "
+                   "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, n_embd=1024 "
+                   "and vocab_size=151936 (the paper's Qwen student)")
     args = p.parse_args(argv)
     if args.time_to_loss:
         return args
@@ -370,7 +422,7 @@ def parse_args(argv=None):
         p.error(f"--device={args.device!r}: allowed device types are {', '.join(DEFAULTS)}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device={args.device!r} but torch sees no CUDA device; use --device=cpu")
-    for name, value in DEFAULTS[device.type].items():
+    for name, value in (*(LOSS_DEFAULTS.items() if args.loss_chunks else ()), *DEFAULTS[device.type].items()):
         if getattr(args, name) is None:
             setattr(args, name, value)
     if "softmax" not in args.variants:
@@ -389,6 +441,13 @@ def main(argv=None):
     if args.time_to_loss:
         return main_time_to_loss(args)
     device = torch.device(args.device)
+    if args.loss_chunks:
+        rows = loss_chunks(args, device)
+        counter = "the CUDA allocator's counters" if device.type == "cuda" else "torch.profiler's CPU allocation events"
+        print(f"KD loss, forward and backward: {args.batch_size} x {args.seq_lens[0]} tokens, vocab_size={args.vocab_size}, "
+              f"student width {args.n_embd}, teacher {2 * args.n_embd}; peak memory from {counter}, median of "
+              f"{args.iters} times\n{format_loss_chunks(rows)}")
+        return rows
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as in training; bf16 autocast covers most matmuls anyway
         torch.backends.cudnn.allow_tf32 = True

@@ -8,11 +8,13 @@ import contextlib
 import dataclasses
 import difflib
 import errno
+import hashlib
 import inspect
 import io
 import json
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -27,9 +29,11 @@ import torch
 
 from model import GPT, GPTConfig
 
-DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+REPO = os.path.dirname(os.path.abspath(__file__))
+DATA_ROOT = os.path.join(REPO, "data")
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_ENCODINGS = ("gpt2", "r50k_base")  # two tiktoken names for the same GPT-2 BPE token ids
+GPT2_VOCAB = 50257  # what data without meta.pkl is: GPT-2 BPE token ids, as in nanoGPT
 
 
 class ConfigError(ValueError):
@@ -138,12 +142,70 @@ def load_config(argv, cls):
 
 
 # --------------------------------------------------------------------------------------------------
-# data: train.bin and val.bin of token ids, and meta.pkl saying what the ids mean
+# data: train.bin and val.bin of token ids, and meta.pkl saying what the ids mean and how they are stored
+
+
+def bin_dtype(meta):
+    """The numpy dtype of a data folder's .bin files: meta's "dtype", else uint16 (data prepared before
+    the dtype was recorded, or without meta.pkl, as in nanoGPT)."""
+    return np.dtype((meta or {}).get("dtype", "uint16"))
+
+
+def read_tokens(folder, split, meta=None):
+    """The token ids of folder/<split>.bin, as a read-only memmap in the dtype of folder's meta.pkl (pass
+    meta when it is read already)."""
+    return np.memmap(os.path.join(folder, f"{split}.bin"), dtype=bin_dtype(meta or read_meta(folder)), mode="r")
+
+
+def vocab_of(meta):
+    """The number of token ids the data's tokenizer has (not the model's, which may pad it)."""
+    return meta["vocab_size"] if meta is not None else GPT2_VOCAB
+
+
+def read_meta(folder):
+    """folder/meta.pkl's dict, or None if there is none (GPT-2 BPE data, as in nanoGPT)."""
+    path = os.path.join(folder, "meta.pkl")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            meta = pickle.load(f)
+    except Exception as e:
+        raise ConfigError(f"{path} is not readable ({type(e).__name__}: {e}); prepare the data again") from None
+    if not isinstance(meta, dict) or "vocab_size" not in meta:
+        raise ConfigError(f"{path} has no vocab_size: not a meta.pkl of a prepare.py; prepare the data again")
+    return meta
+
+
+def check_bin(path, meta, block_size):
+    """Refuses a .bin that cannot be what meta says: a partial id, too few tokens for one block, another
+    token count than the prepare that wrote meta.pkl counted, or ids beyond the vocabulary. The ids are
+    checked on 16 evenly spread blocks of 64k tokens: cheap on a 40 GB file, and data of another
+    tokenizer shows in any block."""
+    dtype = bin_dtype(meta)
+    size = os.path.getsize(path)
+    if size % dtype.itemsize:
+        raise ConfigError(f"{path} has {size} bytes, not a whole number of {dtype} token ids (meta.pkl's dtype); "
+                          f"prepare the data again")
+    n = size // dtype.itemsize
+    if n <= block_size:
+        raise ConfigError(f"{path} holds {n} tokens, too few for block_size={block_size}")
+    counted = (meta or {}).get("tokens", {}).get(os.path.basename(path).removesuffix(".bin"))
+    if counted is not None and counted != n:
+        raise ConfigError(f"{path} holds {n} tokens but its meta.pkl counted {counted}: files of two preparations "
+                          f"(an interrupted one?); prepare the data again")
+    vocab_size = vocab_of(meta)
+    data = np.memmap(path, dtype=dtype, mode="r")
+    top = max(int(data[s:s + 65536].max()) for s in np.linspace(0, max(0, n - 65536), 16).astype(np.int64))
+    if top >= vocab_size:
+        where = "meta.pkl's" if meta is not None else "GPT-2's (there is no meta.pkl)"
+        raise ConfigError(f"{path} holds token id {top}, beyond {where} vocab_size={vocab_size}: "
+                          f"data of another tokenizer? prepare the data again")
 
 
 def find_data(data_dir, dataset, block_size):
     """(data_dir, meta): the folder with train.bin and val.bin (data_dir, else data/<dataset>), and its
-    meta.pkl's dict or None."""
+    meta.pkl's dict or None, once both files are known to fit meta and block_size."""
     folder = data_dir or os.path.join(DATA_ROOT, dataset)
     missing = [s for s in ("train.bin", "val.bin") if not os.path.isfile(os.path.join(folder, s))]
     if missing and data_dir:
@@ -155,25 +217,17 @@ def find_data(data_dir, dataset, block_size):
                               f"run first: python {os.path.relpath(prepare)}")
         known = sorted(d for d in os.listdir(DATA_ROOT) if os.path.isfile(os.path.join(DATA_ROOT, d, "prepare.py")))
         raise ConfigError(f"unknown dataset={dataset!r}; allowed: {', '.join(known)} (or set data_dir)")
+    meta = read_meta(folder)
+    if meta is None and os.path.isfile(os.path.join(folder, "prepare.py")):
+        # every prepare.py here writes meta.pkl; without it character ids would be read as GPT-2's
+        raise ConfigError(f"{os.path.join(folder, 'meta.pkl')} is missing; run python {os.path.relpath(os.path.join(folder, 'prepare.py'))} again")
+    dtype = bin_dtype(meta)
+    if meta is not None and meta["vocab_size"] > np.iinfo(dtype).max + 1:
+        raise ConfigError(f"{os.path.join(folder, 'meta.pkl')} says vocab_size={meta['vocab_size']} but its .bin files "
+                          f"are {dtype}, ids up to {np.iinfo(dtype).max}; prepare the data again (it writes uint32)")
     for split in ("train", "val"):
-        n = len(read_tokens(folder, split))
-        if n <= block_size:
-            raise ConfigError(f"{split}.bin in {folder} holds {n} tokens, too few for block_size={block_size}")
-    return folder, read_meta(folder)
-
-
-def read_tokens(folder, split):
-    """The token ids of folder/<split>.bin, as a read-only memmap."""
-    return np.memmap(os.path.join(folder, f"{split}.bin"), dtype=np.uint16, mode="r")
-
-
-def read_meta(folder):
-    """folder/meta.pkl's dict, or None if there is none (GPT-2 BPE data, as in nanoGPT)."""
-    path = os.path.join(folder, "meta.pkl")
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        return pickle.load(f)
+        check_bin(os.path.join(folder, f"{split}.bin"), meta, block_size)
+    return folder, meta
 
 
 def prepare_default_data(dataset, data_dir):
@@ -185,11 +239,66 @@ def prepare_default_data(dataset, data_dir):
         return
     prepare = os.path.join(folder, "prepare.py")
     print(f"preparing {folder} from the embedded corpus data/shakespeare/input.txt (first run): python {prepare}")
-    # run as the script it is: scripts share code only through common.py and model.py
-    done = subprocess.run([sys.executable, prepare], capture_output=True, text=True)
+    # run as the script it is: scripts share code only through common.py and model.py, found through PYTHONPATH
+    # wherever DATA_ROOT is
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (REPO, os.environ.get("PYTHONPATH"))))}
+    done = subprocess.run([sys.executable, prepare], capture_output=True, text=True, env=env)
     if done.returncode:
         why = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise ConfigError(f"preparing {folder} failed ({why}); run python {prepare} to see why")
+
+
+def encode_docs(docs, encode_batch, separator, batch_size=256):
+    """Yields the token ids of each text document, each preceded by separator (as nanoGPT's openwebtext
+    does with GPT-2's <|endoftext|>); the documents go to encode_batch in batches, which tiktoken and
+    Hugging Face tokenizers encode in parallel threads."""
+    batch = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == batch_size:
+            yield from ([separator] + ids for ids in encode_batch(batch))
+            batch = []
+    if batch:
+        yield from ([separator] + ids for ids in encode_batch(batch))
+
+
+def write_data(out_dir, splits, meta):
+    """Writes out_dir/<split>.bin for each split of splits ({"val": ids, "train": ids}, written in that
+    order; ids: an iterable of token-id sequences, streamed to disk), then out_dir/meta.pkl: meta with
+    "dtype" (uint16 if the vocabulary fits, else uint32) and "tokens" (each file's count). Every file is
+    written under a temporary name and renamed when whole, meta.pkl last, and find_data checks the counts:
+    an interrupted run leaves no half-written file and no new .bin unnoticed beside an old meta.pkl.
+    A split of fewer than 2 tokens (not one next-token pair) is refused before anything is replaced.
+    Returns the meta written."""
+    vocab_size = meta["vocab_size"]
+    dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = {split: os.path.join(out_dir, f"{split}.bin.tmp") for split in splits}
+    tokens = {}
+    try:
+        for split, chunks in splits.items():
+            with open(tmp[split], "wb") as f:
+                tokens[split] = 0
+                for ids in chunks:
+                    ids = np.asarray(ids, dtype=np.int64)
+                    if ids.size and not 0 <= ids.min() <= ids.max() < vocab_size:
+                        raise ConfigError(f"token ids {ids.min()}..{ids.max()} are outside the vocabulary 0..{vocab_size - 1}")
+                    f.write(ids.astype(dtype).tobytes())
+                    tokens[split] += ids.size
+            if tokens[split] < 2:
+                raise ConfigError(f"the {split} split has {tokens[split]} tokens: the input is empty or too short")
+        for split in splits:
+            os.replace(tmp[split], os.path.join(out_dir, f"{split}.bin"))
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+    meta = {**meta, "dtype": dtype.name, "tokens": tokens}
+    with open(os.path.join(out_dir, "meta.pkl.tmp"), "wb") as f:
+        pickle.dump(meta, f)
+    os.replace(os.path.join(out_dir, "meta.pkl.tmp"), os.path.join(out_dir, "meta.pkl"))
+    print(", ".join(f"{split} has {n:,} tokens" for split, n in tokens.items()) + f" ({dtype.name})")
+    return meta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,16 +323,21 @@ def read_jsonl(path):
 
 
 # --------------------------------------------------------------------------------------------------
-# tokenizers: what a token id means, from a meta dict (meta.pkl, or a checkpoint's copy of it)
+# tokenizers: what a token id means, from a meta dict (meta.pkl, or a checkpoint's copy of it).
+# Three kinds: characters ("stoi", "itos"), a tiktoken BPE ("encoding") and a Hugging Face tokenizer
+# ("tokenizer": its hub name or absolute directory, "vocab_hash": a digest of its token -> id table).
 
 
 def tokenizer_of(meta):
-    """What a token id means: the characters' ids for char data, else the BPE's name. Data without
-    meta.pkl is GPT-2 BPE, as in nanoGPT."""
+    """What a token id means, as a value two tokenizers share when their ids mean the same: the
+    characters' ids, the BPE's name, or a Hugging Face tokenizer's vocab_hash (so the same tokenizer
+    under two names, or from a local copy, is one tokenizer). Data without meta.pkl is GPT-2 BPE."""
     if meta is None:
         return "gpt2"
     if "stoi" in meta:
         return meta["stoi"]
+    if "vocab_hash" in meta:
+        return meta["vocab_hash"]
     return "gpt2" if meta["encoding"] in GPT2_ENCODINGS else meta["encoding"]
 
 
@@ -231,6 +345,8 @@ def describe_tokenizer(meta):
     kind = tokenizer_of(meta)
     if isinstance(kind, dict):
         return f"character-level ({len(kind)} characters)"
+    if "vocab_hash" in (meta or {}):
+        return f"Hugging Face tokenizer {meta['tokenizer']!r} ({meta['vocab_size']} tokens)"
     return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
 
 
@@ -257,8 +373,83 @@ def gpt2_encoding():
     return load_tiktoken("gpt2", "r50k_base")
 
 
+def hub_offline():
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(timeout=5):
+    """Whether the Hugging Face hub answers one request (transformers retries for minutes when it does not)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # an answer, if not a welcome one
+    except OSError:  # URLError, a timeout, no route
+        return False
+    return True
+
+
+def check_hub(name, setting):
+    """A name that is no local directory comes from the Hugging Face hub; without network, fail at once
+    saying what would work, rather than after minutes of retries."""
+    if not os.path.isdir(name) and not hub_offline() and not hub_reachable():
+        raise ConfigError(f"{setting}={name!r} needs the Hugging Face hub, which cannot be reached: connect, set "
+                          f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
+
+
+def hf_tokenizer(name, setting="tokenizer"):
+    """A Hugging Face tokenizer (AutoTokenizer) from a hub name or a local directory."""
+    check_hub(name, setting)
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ImportError("Hugging Face tokenizers need the optional package transformers: pip install transformers") from None
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{setting}={name!r}: no Hugging Face tokenizer there ({str(e).strip().splitlines()[0]})") from None
+
+
+def hf_meta(tok, name):
+    """The meta of a Hugging Face tokenizer: vocab_size covers every id it can emit, added tokens too."""
+    vocab = tok.get_vocab()
+    digest = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()[:16]
+    return {"vocab_size": max(vocab.values()) + 1, "tokenizer": os.path.abspath(name) if os.path.isdir(name) else name,
+            "vocab_hash": digest}
+
+
+def hf_separator(tok):
+    """The token a Hugging Face tokenizer's models see between documents: BOS (LLaMA-3 starts every
+    document with <|begin_of_text|>), else EOS (Qwen ends one with <|endoftext|>)."""
+    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+
+def open_tokenizer(name):
+    """(meta, encode_batch, separator) of a tokenizer by name, to prepare data with: a tiktoken encoding
+    (gpt2, r50k_base, cl100k_base, ...) or else a Hugging Face tokenizer (hub name or directory). meta is
+    what meta.pkl records; encode_batch maps a list of texts to lists of ids, reading special-token text
+    such as "<|endoftext|>" as plain text; separator is the id that goes before each document (eot_token)."""
+    import tiktoken
+    if name in tiktoken.list_encoding_names():
+        enc = tiktoken_encoding({"encoding": name})
+        return {"vocab_size": enc.n_vocab, "encoding": name}, enc.encode_ordinary_batch, enc.eot_token
+    try:
+        tok = hf_tokenizer(name)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; nor is it a tiktoken encoding ({', '.join(tiktoken.list_encoding_names())})") from None
+    separator = hf_separator(tok)
+    if separator is None:
+        raise ConfigError(f"tokenizer={name!r} has neither a BOS nor an EOS token to separate documents with")
+
+    def encode_batch(texts):
+        return tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    return hf_meta(tok, name), encode_batch, separator
+
+
 def get_tokenizer(meta):
-    """(encode, decode) for a model's meta: its characters, or a tiktoken BPE (GPT-2's without meta)."""
+    """(encode, decode) for a model's meta: its characters, a tiktoken BPE (GPT-2's without meta) or its
+    Hugging Face tokenizer."""
     if meta is not None and "stoi" in meta:
         stoi, itos = meta["stoi"], meta["itos"]
 
@@ -269,6 +460,9 @@ def get_tokenizer(meta):
             return [stoi[c] for c in text]
 
         return encode, lambda ids: "".join(itos[i] for i in ids)
+    if meta is not None and "vocab_hash" in meta:
+        tok = checked_hf_tokenizer(meta)
+        return (lambda text: tok.encode(text, add_special_tokens=False)), tok.decode
     enc = tiktoken_encoding(meta)
     return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
 
@@ -278,11 +472,23 @@ def tiktoken_encoding(meta):
     return gpt2_encoding() if name in GPT2_ENCODINGS else load_tiktoken(name)
 
 
+def checked_hf_tokenizer(meta):
+    """The Hugging Face tokenizer meta names, once known to be the one that made the data."""
+    tok = hf_tokenizer(meta["tokenizer"])
+    if hf_meta(tok, meta["tokenizer"])["vocab_hash"] != meta["vocab_hash"]:
+        raise ConfigError(f"the tokenizer now at {meta['tokenizer']!r} is not the one the model's data was made with "
+                          f"(another vocabulary)")
+    return tok
+
+
 def eot_token(meta):
-    """The id of the token that separates documents (tiktoken's <|endoftext|>, which data/fineweb_edu puts
-    before every document), or None: character-level data has no such token."""
+    """The id of the token that separates documents, the one data/fineweb_edu puts before every document
+    (tiktoken's <|endoftext|>, a Hugging Face tokenizer's hf_separator), or None: character-level data has
+    no such token."""
     if meta is not None and "stoi" in meta:
         return None
+    if meta is not None and "vocab_hash" in meta:
+        return hf_separator(checked_hf_tokenizer(meta))
     return tiktoken_encoding(meta).eot_token
 
 
@@ -406,57 +612,137 @@ def describe_checkpoint(path, ckpt):
 # loading a model: a checkpoint of this repo or a pretrained one
 
 
-def hub_offline():
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")  # a hub name is organisation/model; older ones have no organisation
 
 
-def hub_reachable(timeout=5):
-    """Whether the Hugging Face hub answers one request (transformers retries for minutes when it does not)."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+def checkpoint_path(name):
+    """The checkpoint of this repo that name stands for: name itself, or in an out_dir its best.pt, else its
+    ckpt.pt; None if there is none."""
+    path = next((os.path.join(name, f) for f in ("best.pt", "ckpt.pt") if os.path.isfile(os.path.join(name, f))), name)
+    return path if os.path.isfile(path) else None
+
+
+def hf_load_error(name, setting, e):
+    hint = " (HF_HUB_OFFLINE is set: is it in the Hugging Face cache?)" if hub_offline() and not os.path.isdir(name) else ""
+    return ConfigError(f"{setting}={name!r} could not be loaded as a Hugging Face model{hint}: {first_line(e)}")
+
+
+def find_model(name, setting):
+    """(checkpoint path, None) for a checkpoint of this repo, (None, transformers config) for a Hugging Face
+    causal LM, a local directory or a hub name; anything else is an error saying what would do."""
+    path = checkpoint_path(name)
+    if path is not None:
+        return path, None
+    if os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+        raise ConfigError(f"{setting}={name!r} is a directory with neither a checkpoint of train.py (best.pt, "
+                          f"ckpt.pt) nor a Hugging Face model (config.json)")
+    if not os.path.isdir(name) and not (name in GPT2_NAMES or HUB_NAME.fullmatch(name)):
+        raise ConfigError(f"{setting}={name!r} is no file or directory: expected a checkpoint of train.py, an out_dir "
+                          f"holding one, or a Hugging Face model: a local directory or a hub name (gpt2-medium, "
+                          f"Qwen/Qwen1.5-1.8B, ...)")
+    check_hub(name, setting)
     try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return True  # an answer, if not a welcome one
-    except OSError:  # URLError, a timeout, no route
-        return False
-    return True
-
-
-def load_pretrained(name, setting):
-    """GPT.from_pretrained(name) for a local directory or a hub name; without network, a hub name fails at
-    once, saying what would work, rather than after minutes of retries."""
-    if not os.path.isdir(name) and not hub_offline() and not hub_reachable():
-        raise ConfigError(f"{setting}={name!r} needs the Hugging Face hub, which cannot be reached: connect, set "
-                          f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    except ImportError:
+        raise ImportError("Hugging Face models need the optional package transformers: pip install transformers") from None
     try:
-        return GPT.from_pretrained(name)
-    except (OSError, ValueError) as e:  # not in the cache (offline), files missing, a model model.py does not have
-        hint = " (HF_HUB_OFFLINE is set: is it in the Hugging Face cache?)" if hub_offline() and not os.path.isdir(name) else ""
-        raise ConfigError(f"{setting}={name!r} could not be loaded as a Hugging Face model{hint}: {first_line(e)}") from None
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:  # not in the cache (offline), no such model, a bad config.json
+        raise hf_load_error(name, setting, e) from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(f"{setting}={name!r} is a Hugging Face {config.model_type!r} model, not a causal LM "
+                          f"(AutoModelForCausalLM cannot load it)")
+    return None, config
+
+
+def pretrained_meta(name, config, setting):
+    """The meta of a pretrained model's tokenizer: GPT-2's BPE for GPT-2 weights (our GPT-2 data is
+    tokenized by tiktoken), else the Hugging Face tokenizer saved with the model."""
+    if config.model_type == "gpt2":
+        return {"vocab_size": config.vocab_size, "encoding": "gpt2"}
+    return hf_meta(hf_tokenizer(name, setting), name)
 
 
 def load_model(name, device="cpu", setting="init_from"):
     """(model, meta, ckpt) from a checkpoint of this repo (a file, or an out_dir: its best.pt, else its
-    ckpt.pt) or from a pretrained model (a name or a local directory, through transformers); says which it
-    loaded. meta tells the tokenizer, as a meta.pkl does; ckpt is the checkpoint dict, None for a pretrained
-    model. setting names the setting name came from, for the messages."""
+    ckpt.pt) or from a pretrained GPT-2, LLaMA or Qwen2 (a hub name or a local directory, through
+    transformers); says which it loaded. meta tells the tokenizer, as a meta.pkl does; ckpt is the
+    checkpoint dict, None for a pretrained model. setting names the setting name came from, for the messages."""
     check_device(device)
-    path = next((os.path.join(name, f) for f in ("best.pt", "ckpt.pt") if os.path.isfile(os.path.join(name, f))), name)
-    if os.path.isfile(path):
+    path, config = find_model(name, setting)
+    if path is not None:
         ckpt = read_checkpoint(path)
         model = GPT(GPTConfig(**ckpt["model_args"]))
         # a checkpoint of a torch.compile'd model has every key prefixed by the wrapper's attribute name
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
         meta = ckpt.get("meta")
         print(f"{setting}: loaded {describe_checkpoint(path, ckpt)}")
-    elif os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
-        raise ConfigError(f"{setting}={name!r} is a directory with neither a checkpoint of train.py (best.pt, "
-                          f"ckpt.pt) nor a Hugging Face model (config.json)")
-    elif os.path.isdir(name) or name in GPT2_NAMES:
-        model, ckpt = load_pretrained(name, setting), None
-        meta = {"vocab_size": model.config.vocab_size, "encoding": "gpt2"}
-        print(f"{setting}: loaded the pretrained {name}")
     else:
-        raise ConfigError(f"{setting}={name!r} is no file or directory: expected a ckpt.pt of this repo, an out_dir "
-                          f"holding one, a local GPT-2 directory, or one of {', '.join(GPT2_NAMES)}")
+        meta, ckpt = pretrained_meta(name, config, setting), None
+        try:
+            model = GPT.from_pretrained(name)
+        except (OSError, ValueError) as e:  # files missing, a model model.py does not have
+            raise hf_load_error(name, setting, e) from None
+        print(f"{setting}: loaded the pretrained {name}")
     return model.to(device), meta, ckpt
+
+
+class HFTeacher(torch.nn.Module):
+    """A Hugging Face causal LM called as train.py calls our GPT: teacher(idx) is the logits at every
+    position; teacher(idx, return_hidden=True) the last hidden states, for lm_head to project chunk by
+    chunk (the logits of a 152k vocabulary are 0.6 MB per token in fp32)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.body = hf.base_model  # the decoder stack, final norm included
+        self.lm_head = hf.get_output_embeddings()
+
+    def forward(self, idx, return_hidden=False):
+        h = self.body(input_ids=idx, use_cache=False).last_hidden_state
+        return h if return_hidden else self.lm_head(h)
+
+
+def load_hf_teacher(name, device):
+    """A Hugging Face causal LM as an HFTeacher, in bf16 on CUDA and fp32 elsewhere."""
+    from transformers import AutoModelForCausalLM
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    teacher = HFTeacher(hf)
+    # the chunked loss needs logits = lm_head(last hidden state); a model that post-processes them (soft-capping,
+    # scaling) would silently teach other targets
+    probe = torch.arange(8, device=device)[None]
+    with torch.no_grad():
+        if not torch.allclose(teacher(probe).float(), hf(probe).logits.float(), rtol=1e-3, atol=1e-3):
+            raise ConfigError(f"teacher {name!r} computes its logits otherwise than lm_head(last hidden state); "
+                              f"the KD loss here cannot use it")
+    return teacher
+
+
+def load_teacher(name, device, meta, block_size, compile=False):
+    """The frozen teacher for distillation on data described by meta (None: GPT-2 BPE): a checkpoint of
+    this repo (an out_dir: its best.pt, as load_model) or any Hugging Face causal LM, a hub name or local directory, through
+    AutoModelForCausalLM (bf16 on CUDA, fp32 elsewhere; its tokenizer is the one saved with it). In eval
+    mode, without gradients, compiled if compile; train.py calls teacher(idx, return_hidden=True) and
+    teacher.lm_head. Refused when its tokenizer is not the data's, its context is shorter than block_size
+    or it has fewer logits than the vocabulary; for a Hugging Face model before its weights are loaded."""
+    path, config = find_model(name, "teacher")
+    if path is not None:
+        teacher, teacher_meta, _ = load_model(path, device, "teacher")
+        context, vocab_size = ("block_size", teacher.config.block_size), teacher.config.vocab_size
+    else:
+        teacher_meta = pretrained_meta(name, config, "teacher")
+        text = config.get_text_config()
+        context, vocab_size = ("max_position_embeddings", text.max_position_embeddings), text.vocab_size
+    tokenizers = f"teacher: {describe_tokenizer(teacher_meta)}, data: {describe_tokenizer(meta)}"
+    if tokenizer_of(teacher_meta) != tokenizer_of(meta):
+        raise ConfigError(f"teacher {name!r} has another tokenizer than the data; {tokenizers}")
+    if context[1] < block_size:
+        raise ConfigError(f"teacher {name!r} has {context[0]}={context[1]}, smaller than the student's block_size={block_size}")
+    data_vocab = vocab_of(meta)
+    if vocab_size < data_vocab:
+        raise ConfigError(f"teacher {name!r} has {vocab_size} logits, fewer than the data's vocab_size={data_vocab}; {tokenizers}")
+    if path is None:
+        teacher = load_hf_teacher(name, device)
+    teacher.eval().requires_grad_(False)  # eval: no dropout, and an affine teacher's alpha_ma stays fixed
+    return torch.compile(teacher) if compile else teacher

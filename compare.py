@@ -238,15 +238,15 @@ def compare(cfg):
 
     runs = {variant: [] for variant in cfg.variant_list()}
     scores = {variant: [] for variant in cfg.variant_list()}
-    for (variant, seed), student in students.items():
+    for (variant, seed), run in students.items():  # `student` stays the first variant's
         if (variant, seed) in todo:
-            print(f"distilling {variant}, seed {seed}, into {student.out_dir}")
-            train(student)
+            print(f"distilling {variant}, seed {seed}, into {run.out_dir}")
+            train(run)
         else:
-            print(f"reusing the finished student {variant}, seed {seed}, in {student.out_dir}")
-        runs[variant].append(read_metrics(student.out_dir))
+            print(f"reusing the finished student {variant}, seed {seed}, in {run.out_dir}")
+        runs[variant].append(read_metrics(run.out_dir))
         if evaluating:
-            result = evaluate(eval_config(cfg, student))
+            result = evaluate(eval_config(cfg, run))
             scores[variant].append(result["columns"])
     # Delta-Params depends on the shape and the variant only, not on the vocabulary
     delta_params = {v: param_overhead(students[v, seed].gpt_config(vocab_size=1))[1] for v in runs}

@@ -566,17 +566,8 @@ def gpt2_encoding_or_skip(name):
         pytest.skip(f"tiktoken encoding {name!r} not available offline: {e}")
 
 
-class ByteEncoder:
-    """A stand-in for a tiktoken Encoding: one token per UTF-8 byte, 256 is <|endoftext|>."""
-
-    n_vocab = 257
-    eot_token = 256
-
-    def encode_ordinary(self, text):
-        return list(text.encode("utf-8"))
-
-    def encode_ordinary_batch(self, texts):
-        return [self.encode_ordinary(t) for t in texts]
+# a stand-in for common.open_tokenizer's (meta, encode_batch, separator): one token per UTF-8 byte, 256 separates
+BYTES = ({"vocab_size": 257, "encoding": "bytes"}, lambda texts: [list(t.encode("utf-8")) for t in texts], 256)
 
 
 def test_char_prepare_round_trip(tmp_path):
@@ -588,6 +579,7 @@ def test_char_prepare_round_trip(tmp_path):
 
     with open(tmp_path / "meta.pkl", "rb") as f:
         assert pickle.load(f) == meta
+    assert meta["dtype"] == "uint16" and meta["tokens"] == {"train": int(0.9 * len(text)), "val": len(text) - int(0.9 * len(text))}
     assert meta["vocab_size"] == len(set(text)) == len(meta["itos"]) == len(meta["stoi"])
     assert all(meta["stoi"][meta["itos"][i]] == i for i in range(meta["vocab_size"]))
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
@@ -616,7 +608,7 @@ def test_bpe_prepare(tmp_path):
 
     with open(tmp_path / "meta.pkl", "rb") as f:
         meta = pickle.load(f)
-    assert meta["vocab_size"] == 50257 and meta["encoding"] == prep.ENCODING
+    assert meta["vocab_size"] == 50257 and meta["encoding"] == prep.ENCODING and meta["dtype"] == "uint16"
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
     cut = int(0.9 * len(SAMPLE_TEXT))
@@ -629,9 +621,8 @@ def test_bpe_prepare(tmp_path):
 
 def test_fineweb_write_bins_eot_and_counts(tmp_path):
     prep = load_script("data/fineweb_edu/prepare.py")
-    enc = ByteEncoder()
     docs = ["abc", "hello", "xy", "0123456789"]  # with EOTs: 4 + 6 + 3 + 11 = 24 tokens
-    written = prep.write_bins(iter(docs), str(tmp_path), num_tokens=100, val_tokens=4, enc=enc)
+    written = prep.write_bins(iter(docs), str(tmp_path), num_tokens=100, val_tokens=4, tokenizer=BYTES)
 
     # the stream ran out before 100 tokens: everything written, files cut to what was written
     assert written == {"val": 4, "train": 20}
@@ -641,12 +632,11 @@ def test_fineweb_write_bins_eot_and_counts(tmp_path):
     assert train == [256] + list(b"hello") + [256] + list(b"xy") + [256] + list(b"0123456789")
     assert train.count(256) == 3  # one <|endoftext|> before each document
     with open(tmp_path / "meta.pkl", "rb") as f:
-        assert pickle.load(f) == {"vocab_size": 257, "encoding": prep.ENCODING}
+        assert pickle.load(f) == {"vocab_size": 257, "encoding": "bytes", "dtype": "uint16", "tokens": {"val": 4, "train": 20}}
 
 
 def test_fineweb_write_bins_stops_at_num_tokens(tmp_path):
     prep = load_script("data/fineweb_edu/prepare.py")
-    enc = ByteEncoder()
     pulled = []
 
     def docs():  # endless, so only the num_tokens limit can stop it
@@ -656,7 +646,7 @@ def test_fineweb_write_bins_stops_at_num_tokens(tmp_path):
             yield f"document number {i}"
             i += 1
 
-    written = prep.write_bins(docs(), str(tmp_path), num_tokens=1000, val_tokens=30, enc=enc)
+    written = prep.write_bins(docs(), str(tmp_path), num_tokens=1000, val_tokens=30, tokenizer=BYTES)
     assert written == {"val": 30, "train": 970}
     val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16).tolist()
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
@@ -675,12 +665,14 @@ def test_fineweb_write_bins_gpt2(tmp_path):
     docs = ["The quick brown fox.", "Jumps over the lazy dog.", "<|endoftext|> stays text here."]
     ids = [[50256] + enc.encode_ordinary(d) for d in docs]
     total = sum(len(x) for x in ids)
-    written = prep.write_bins(docs, str(tmp_path), num_tokens=total, val_tokens=len(ids[0]), enc=enc)
+    written = prep.write_bins(docs, str(tmp_path), num_tokens=total, val_tokens=len(ids[0]),
+                              tokenizer=common.open_tokenizer(prep.ENCODING))
     assert written == {"val": len(ids[0]), "train": total - len(ids[0])}
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
     assert train == ids[1] + ids[2] and train.count(50256) == 2
     with open(tmp_path / "meta.pkl", "rb") as f:
-        assert pickle.load(f) == {"vocab_size": 50257, "encoding": prep.ENCODING}
+        assert pickle.load(f) == {"vocab_size": 50257, "encoding": prep.ENCODING, "dtype": "uint16",
+                                  "tokens": {"val": len(ids[0]), "train": total - len(ids[0])}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -782,9 +774,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     real_forward_loss = train_module.forward_loss
 
-    def nan_loss(*args):
+    def nan_loss(*args):  # in training steps; evaluations (no grad) use forward_loss too and stay finite
         loss, ce, kd = real_forward_loss(*args)
-        return loss * float("nan"), ce, kd
+        return (loss * float("nan") if torch.is_grad_enabled() else loss), ce, kd
 
     monkeypatch.setattr(train_module, "forward_loss", nan_loss)
     # eval_interval=1 with always_save_checkpoint: the evaluation right after the bad step would save
@@ -852,7 +844,7 @@ def test_teacher_mismatches_are_caught_before_training(tmp_path):
     data = make_char_data(tmp_path / "data")
     other_vocab = make_char_data(tmp_path / "data2", text="abcdefghij" * 200)
     train(tiny(tmp_path, "teacher", other_vocab, max_iters=0))
-    with pytest.raises(ConfigError, match="vocab_size=10 .*but the data has vocab_size=8"):
+    with pytest.raises(ConfigError, match="another tokenizer.*teacher: character-level \\(10 characters\\), data: character-level \\(8"):
         train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "teacher")))
     train(tiny(tmp_path, "short", data, block_size=8, max_iters=0))
     with pytest.raises(ConfigError, match="block_size=8, smaller than the student's block_size=16"):

@@ -42,11 +42,12 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer, find_data,
-                    hold_out_dir, load_config, load_model, prepare_default_data, read_checkpoint, read_jsonl,
-                    save_checkpoint, tokenizer_of)
+from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer,
+                    find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
+                    read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
 from model import GPT, GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
@@ -99,10 +100,11 @@ class TrainConfig:
     affine_n: str = "context"  # N of Eq. 8: "context" (block_size) or "prefix" (keys the query sees)
     # loss
     loss: str = "ce"  # "ce", or "kd" to distil from teacher
-    teacher: str = ""  # a checkpoint file, an out_dir (its best.pt), a GPT-2 name or local directory
+    teacher: str = ""  # a checkpoint file, an out_dir (its best.pt), or a Hugging Face causal LM (hub name or directory)
     kd_alpha: float = 0.5  # loss = kd_alpha * tau^2 * KL + (1 - kd_alpha) * CE
     kd_temperature: float = 1.0  # tau
     kd_reverse: bool = False  # KL(student || teacher) instead of KL(teacher || student)
+    loss_chunk: int = 0  # tokens whose logits exist at once in the loss (student's and teacher's); 0: all of them
     # AdamW
     learning_rate: float = 6e-4
     max_iters: int = 600000
@@ -131,7 +133,7 @@ class TrainConfig:
         for name in ("eval_interval", "eval_iters", "log_interval", "stats_interval", "gradient_accumulation_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip"):
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "loss_chunk"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
         if self.learning_rate <= 0:
@@ -147,7 +149,7 @@ class TrainConfig:
             raise ConfigError(f"lr_decay_iters={self.lr_decay_iters} must be at least warmup_iters={self.warmup_iters} "
                               f"(the cosine decay follows the warmup)")
         if self.loss == "kd" and not self.teacher:
-            raise ConfigError("loss='kd' needs a teacher: a ckpt.pt, an out_dir holding one, or a GPT-2 name")
+            raise ConfigError("loss='kd' needs a teacher: a ckpt.pt, an out_dir holding one, or a Hugging Face causal LM")
         if self.loss == "ce" and self.teacher:
             raise ConfigError(f"teacher={self.teacher!r} is set but loss='ce'; set loss='kd' to distil")
         if not 0.0 <= self.kd_alpha <= 1.0:
@@ -165,10 +167,11 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
 
 
-def get_batch(data_dir, split, batch_size, block_size, generator, device):
-    """batch_size random windows of block_size + 1 tokens, as inputs x and next-token targets y."""
+def get_batch(data_dir, split, batch_size, block_size, generator, device, meta=None):
+    """batch_size random windows of block_size + 1 tokens, as inputs x and next-token targets y.
+    meta: the data's meta.pkl dict, which says how the ids are stored."""
     # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+    data = read_tokens(data_dir, split, meta)
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
     xy = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
     if device.startswith("cuda"):
@@ -194,43 +197,51 @@ def get_lr(cfg, it):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
-def kd_divergence(student_logits, teacher_logits, tau, reverse=False):
-    """tau^2 * KL(teacher || student) of the next-token distributions at temperature tau, KL(student ||
-    teacher) if reverse, averaged over tokens. tau^2 keeps the gradients' scale independent of tau
-    (Hinton et al., 2015). In float32: under bf16 autocast the two log-softmaxes nearly cancel."""
-    s = F.log_softmax(student_logits.float() / tau, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / tau, dim=-1)
-    log_p, log_q = (s, t) if reverse else (t, s)
-    return tau**2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-
-
-def forward_loss(model, teacher, x, y, cfg):
-    """(loss to minimise, its cross-entropy part, its KD part); the KD part is 0 without a teacher."""
-    logits, ce = model(x, y)
-    if teacher is None:
-        return ce, ce, torch.zeros_like(ce)
+def chunk_losses(h, lm_head, y, vocab, teacher_h, teacher_head, tau, reverse):
+    """Sums over one chunk of tokens of the cross-entropy and, with a teacher, of tau^2 * KL(teacher ||
+    student) of the next-token distributions at temperature tau (KL(student || teacher) if reverse).
+    h, teacher_h: (N, C) final hidden states; y: (N,) targets. tau^2 keeps the gradients' scale
+    independent of tau (Hinton et al., 2015). KD compares the first vocab logits only, the tokenizer's
+    real vocabulary: a Hugging Face teacher pads its embedding (Qwen: 151936 rows for 151646 tokens), and
+    a padded student's extra rows are no token. In float32: under bf16 autocast the two log-softmaxes
+    nearly cancel."""
+    logits = lm_head(h).float()
+    ce = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum")
+    if teacher_h is None:
+        return ce, torch.zeros_like(ce)
     with torch.no_grad():
-        teacher_logits, _ = teacher(x, y)  # with targets, forward returns every position's logits
-    kd = kd_divergence(logits, teacher_logits, cfg.kd_temperature, cfg.kd_reverse)
+        t = F.log_softmax(teacher_head(teacher_h)[:, :vocab].float() / tau, dim=-1)
+    s = F.log_softmax(logits[:, :vocab] / tau, dim=-1)
+    log_p, log_q = (s, t) if reverse else (t, s)
+    return ce, tau**2 * (log_p.exp() * (log_p - log_q)).sum()
+
+
+def forward_loss(model, teacher, x, y, cfg, vocab):
+    """(loss to minimise, its cross-entropy part, its KD part), means over tokens; the KD part is 0
+    without a teacher. vocab: the data's real vocabulary size. The logits are made chunk by chunk of
+    cfg.loss_chunk tokens from the final hidden states, each chunk under activation checkpointing: only
+    one chunk's logits (student's and teacher's) exist at a time, forward and backward, and the sums
+    make the value and gradients those of the whole batch at once (loss_chunk=0)."""
+    lm_head = getattr(model, "module", model).lm_head  # DDP keeps the model in .module
+    h, y = model(x, return_hidden=True).flatten(0, 1), y.flatten()
+    teacher_h = teacher_head = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_h, teacher_head = teacher(x, return_hidden=True).flatten(0, 1), teacher.lm_head
+    n = cfg.loss_chunk or len(y)
+    sums = torch.zeros(2, device=h.device)
+    for i in range(0, len(y), n):
+        chunk = slice(i, i + n)
+        args = (h[chunk], lm_head, y[chunk], vocab, None if teacher_h is None else teacher_h[chunk], teacher_head,
+                cfg.kd_temperature, cfg.kd_reverse)
+        if cfg.loss_chunk and torch.is_grad_enabled():  # backward recomputes this chunk's logits
+            sums = sums + torch.stack(checkpoint(chunk_losses, *args, use_reentrant=False))
+        else:
+            sums = sums + torch.stack(chunk_losses(*args))
+    ce, kd = sums[0] / (y != -1).sum(), sums[1] / len(y)
+    if teacher is None:
+        return ce, ce, kd
     return cfg.kd_alpha * kd + (1.0 - cfg.kd_alpha) * ce, ce, kd
-
-
-def load_teacher(cfg, meta, vocab_size, device):
-    """The teacher, frozen in eval mode, once it is known to fit the data and the student."""
-    teacher, teacher_meta, _ = load_model(cfg.teacher, device, "teacher")
-    tc = teacher.config
-    tokenizers = f"teacher: {describe_tokenizer(teacher_meta)}, data: {describe_tokenizer(meta)}"
-    if tc.vocab_size != vocab_size:
-        where = "from its meta.pkl" if meta is not None else "no meta.pkl: GPT-2's, padded"
-        raise ConfigError(f"teacher {cfg.teacher!r} has vocab_size={tc.vocab_size} but the data has "
-                          f"vocab_size={vocab_size} ({where}); {tokenizers}")
-    if tokenizer_of(teacher_meta) != tokenizer_of(meta):
-        raise ConfigError(f"teacher {cfg.teacher!r} has another tokenizer than the data; {tokenizers}")
-    if tc.block_size < cfg.block_size:
-        raise ConfigError(f"teacher {cfg.teacher!r} has block_size={tc.block_size}, smaller than the "
-                          f"student's block_size={cfg.block_size}")
-    teacher.eval().requires_grad_(False)  # eval: no dropout, and an affine teacher's alpha_ma stays fixed
-    return teacher
 
 
 def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
@@ -256,14 +267,15 @@ def estimate_loss(model, cfg, data_dir, device, ctx):
     every evaluation sees the same batches, so curves compare across evaluations and runs, and the
     training sampler's state is left alone (a resumed run draws what an uninterrupted one would)."""
     model.eval()
+    meta = read_meta(data_dir)
     out = {}
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(cfg.seed)
         total = torch.zeros((), device=device)
         for _ in range(cfg.eval_iters):
-            x, y = get_batch(data_dir, split, cfg.batch_size, cfg.block_size, generator, device)
+            x, y = get_batch(data_dir, split, cfg.batch_size, cfg.block_size, generator, device, meta)
             with ctx:
-                _, loss = model(x, y)
+                loss, _, _ = forward_loss(model, None, x, y, cfg, vocab_of(meta))
             total += loss.float()
         out[split] = total.item() / cfg.eval_iters
     model.train()
@@ -333,7 +345,8 @@ def _train(cfg, device, ddp):
     if ddp:
         dist.barrier()  # the other ranks wait for the data
     data_dir, meta = find_data(cfg.data_dir, cfg.dataset, cfg.block_size)
-    vocab_size = meta["vocab_size"] if meta is not None else 50304
+    vocab = vocab_of(meta)  # the tokenizer's
+    vocab_size = meta["vocab_size"] if meta is not None else 50304  # the model's: GPT-2's padded, as in nanoGPT
 
     torch.manual_seed(cfg.seed + rank)  # different dropout on every rank; DDP copies rank 0's initial weights
     sampler = torch.Generator().manual_seed(cfg.seed + rank)  # training batches, a different stream per rank
@@ -351,7 +364,7 @@ def _train(cfg, device, ddp):
     else:
         model = GPT(cfg.gpt_config(vocab_size))
     model.to(device)
-    teacher = load_teacher(cfg, meta, vocab_size, device) if cfg.loss == "kd" else None
+    teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile) if cfg.loss == "kd" else None
 
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
     if cfg.init_from == "resume":
@@ -371,8 +384,6 @@ def _train(cfg, device, ddp):
         raise ConfigError("dtype='bfloat16' but this GPU has no bfloat16; allowed here: float32")
     ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
     compiled = torch.compile(model) if cfg.compile else model
-    if cfg.compile and teacher is not None:
-        teacher = torch.compile(teacher)
     # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
     # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
     # buffers, which is off: it would overwrite the other ranks' gathered means of alpha.
@@ -468,11 +479,11 @@ def _train(cfg, device, ddp):
             group["lr"] = lr
         total = torch.zeros(3, device=device)
         for micro_step in range(accum):
-            x, y = get_batch(data_dir, "train", cfg.batch_size, cfg.block_size, sampler, device)
+            x, y = get_batch(data_dir, "train", cfg.batch_size, cfg.block_size, sampler, device, meta)
             if ddp:
                 runner.require_backward_grad_sync = micro_step == accum - 1  # all-reduce on the last only
             with ctx:
-                loss, ce, kd = forward_loss(runner, teacher, x, y, cfg)
+                loss, ce, kd = forward_loss(runner, teacher, x, y, cfg, vocab)
             (loss / accum).backward()
             total += torch.stack([loss, ce, kd]).detach().float() / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))

@@ -1,94 +1,84 @@
 """
 Streams the first --num_tokens tokens of FineWeb-Edu (HuggingFaceFW/fineweb-edu, a sample config)
-and tokenises them with the GPT-2 BPE: saves train.bin, val.bin (np.uint16 ids) and meta.pkl
-(vocab_size and the tiktoken encoding's name) in --out_dir. Streaming means only what is used is
-downloaded, not the whole 10BT sample. Needs network and the datasets package:
+and tokenises them with --tokenizer (GPT-2's BPE by default): saves train.bin, val.bin (token ids,
+uint16 if the vocabulary fits, else uint32) and meta.pkl (which tokenizer, vocab_size, dtype) in
+--out_dir. Streaming means only what is used is downloaded, not the whole 10BT sample. Needs network
+and the datasets package:
 
     pip install datasets
-    python data/fineweb_edu/prepare.py --num_tokens 100_000_000
+    python data/fineweb_edu/prepare.py --num_tokens=100_000_000
+    python data/fineweb_edu/prepare.py --tokenizer=Qwen/Qwen1.5-1.8B --out_dir=data/fineweb_edu_qwen1.5 \
+        --config=sample-100BT --num_tokens=19_000_000_000   # the paper's 9000 x 1024 x 2048 tokens
 
+--tokenizer is a tiktoken encoding (gpt2, cl100k_base, ...) or a Hugging Face tokenizer's hub name or
+local directory; distilling from a Hugging Face model needs data made with its tokenizer.
 The first --val_tokens tokens of the stream become val.bin, the rest train.bin. A fixed number (not a
 fraction) keeps the val set the same whatever --num_tokens is, so losses stay comparable.
 """
 import argparse
 import os
-import pickle
+import sys
 
-import numpy as np
-import tiktoken
 from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
+from common import ConfigError, encode_docs, hub_offline, hub_reachable, open_tokenizer, write_data
+
 # "r50k_base" is tiktoken's other name for the GPT-2 BPE: same ranks, same token ids as "gpt2",
 # and it loads from a cached ranks file without network (TIKTOKEN_CACHE_DIR)
 ENCODING = "r50k_base"
 
-def encode_docs(docs, enc, batch_size=256):
-    """Yields the token ids of each document, each preceded by the <|endoftext|> token (like nanoGPT's
-    openwebtext); batches go through tiktoken's threaded encoder, much faster than one by one."""
-    def encode(batch):
-        for ids in enc.encode_ordinary_batch(batch):
-            yield [enc.eot_token] + ids
-    batch = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == batch_size:
-            yield from encode(batch)
-            batch = []
-    if batch:
-        yield from encode(batch)
+def take(token_lists, size, pbar):
+    """The first size tokens of an iterator of token lists, as lists; the list that crosses size is cut
+    and the rest of it dropped, so no document is in two splits."""
+    n = 0
+    for ids in token_lists:
+        ids = ids[: size - n]
+        n += len(ids)
+        pbar.update(len(ids))
+        yield ids
+        if n == size:
+            return
 
-def write_bins(docs, out_dir, num_tokens, val_tokens, enc, encoding=ENCODING):
+def write_bins(docs, out_dir, num_tokens, val_tokens, tokenizer):
     """Tokenises an iterable of text documents into out_dir/val.bin (the first val_tokens tokens)
-    and out_dir/train.bin (the next num_tokens - val_tokens), stopping once num_tokens are written.
-    The document that fills val.bin is cut there and the rest of it dropped, so no document is in
-    both splits; the last one of train.bin is cut too. If docs run out first, the files are shorter.
-    Returns the number of tokens written to each split."""
-    assert 0 < val_tokens < num_tokens, "need 0 < val_tokens < num_tokens"
-    assert enc.n_vocab <= 2**16, "token ids must fit in uint16"
-    os.makedirs(out_dir, exist_ok=True)
-    token_lists = encode_docs(docs, enc)  # one iterator: train carries on where val stopped
-    written = {}
+    and out_dir/train.bin (the next num_tokens - val_tokens), stopping once num_tokens are written;
+    tokenizer is open_tokenizer's (meta, encode_batch, separator), and each document starts with the
+    separator. If docs run out first, the files are shorter. Returns the number of tokens in each split."""
+    if not 0 < val_tokens < num_tokens:
+        raise ConfigError(f"need 0 < val_tokens < num_tokens, got val_tokens={val_tokens}, num_tokens={num_tokens}")
+    meta, encode_batch, separator = tokenizer
+    token_lists = encode_docs(docs, encode_batch, separator)  # one iterator: train carries on where val stopped
     with tqdm(total=num_tokens, unit="tok", unit_scale=True) as pbar:
-        for split, size in (("val", val_tokens), ("train", num_tokens - val_tokens)):
-            path = os.path.join(out_dir, f"{split}.bin")
-            # a memmap of the final size: fill it as the stream comes, nothing big held in memory
-            arr = np.memmap(path, dtype=np.uint16, mode="w+", shape=(size,))
-            n = 0
-            for ids in token_lists:
-                take = min(len(ids), size - n)
-                arr[n : n + take] = ids[:take]
-                n += take
-                pbar.update(take)
-                if n == size:
-                    break
-            arr.flush()
-            del arr
-            if n < size:  # the stream ran out: drop the unwritten tail of the file
-                os.truncate(path, n * np.dtype(np.uint16).itemsize)
-            written[split] = n
-    meta = {"vocab_size": enc.n_vocab, "encoding": encoding}
-    with open(os.path.join(out_dir, "meta.pkl"), "wb") as f:
-        pickle.dump(meta, f)
-    print(f"train has {written['train']:,} tokens")
-    print(f"val has {written['val']:,} tokens")
-    return written
+        splits = {"val": take(token_lists, val_tokens, pbar), "train": take(token_lists, num_tokens - val_tokens, pbar)}
+        return write_data(out_dir, splits, meta)["tokens"]
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_tokens", type=int, default=100_000_000, help="tokens in train.bin + val.bin")
     parser.add_argument("--val_tokens", type=int, default=1_000_000, help="tokens in val.bin, taken first")
     parser.add_argument("--config", default="sample-10BT", help="FineWeb-Edu config (sample-10BT, sample-100BT, ...)")
+    parser.add_argument("--tokenizer", default=ENCODING, help="tiktoken encoding or Hugging Face tokenizer")
     parser.add_argument("--out_dir", default=HERE)
     args = parser.parse_args(argv)
+    tokenizer = open_tokenizer(args.tokenizer)  # first: a bad name fails before any download
+    if not hub_offline() and not hub_reachable():  # datasets would retry for half a minute
+        raise SystemExit("HuggingFaceFW/fineweb-edu needs the Hugging Face hub, which cannot be reached: connect")
     try:
         # imported here, not at the top: it is optional, only this script needs it
         from datasets import load_dataset
     except ImportError:
         raise SystemExit("this script needs the datasets package: pip install datasets")
-    ds = load_dataset("HuggingFaceFW/fineweb-edu", name=args.config, split="train", streaming=True)
-    enc = tiktoken.get_encoding(ENCODING)
-    write_bins((row["text"] for row in ds), args.out_dir, args.num_tokens, args.val_tokens, enc)
+    try:
+        ds = load_dataset("HuggingFaceFW/fineweb-edu", name=args.config, split="train", streaming=True)
+    except Exception as e:
+        raise SystemExit(f"could not open HuggingFaceFW/fineweb-edu ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
+                         f"it needs access to huggingface.co")
+    write_bins((row["text"] for row in ds), args.out_dir, args.num_tokens, args.val_tokens, tokenizer)
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as e:
+        sys.exit(f"ConfigError: {e}")

@@ -1,51 +1,46 @@
 """
-Prepare the Shakespeare corpus with the GPT-2 BPE tokenizer (tiktoken): save train.bin, val.bin
-(np.uint16 ids) and meta.pkl (vocab_size and the tiktoken encoding's name, for decoding later)
-next to this script.
+Prepare the Shakespeare corpus with a BPE tokenizer, GPT-2's by default: save train.bin, val.bin
+(token ids, uint16 if the vocabulary fits, else uint32) and meta.pkl (which tokenizer, vocab_size and
+dtype, for training and decoding later) in --out_dir, by default next to this script.
 
     python data/shakespeare/prepare.py                 # the corpus committed in data/shakespeare/input.txt
     python data/shakespeare/prepare.py path/to/any.txt # or any other text file (UTF-8)
+    python data/shakespeare/prepare.py --tokenizer=Qwen/Qwen2.5-0.5B --out_dir=data/shakespeare_qwen
 
-Offline, point TIKTOKEN_CACHE_DIR at a folder that holds the GPT-2 BPE ranks file.
+--tokenizer is a tiktoken encoding (gpt2, cl100k_base, ...) or a Hugging Face tokenizer's hub name or
+local directory. Offline, point TIKTOKEN_CACHE_DIR at a folder that holds the GPT-2 BPE ranks file.
 """
+import argparse
 import os
-import pickle
 import sys
 
-import numpy as np
-import tiktoken
-
 HERE = os.path.dirname(os.path.abspath(__file__))  # so it runs from the repo root or from this folder
+sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
+from common import ConfigError, open_tokenizer, write_data
+
 DEFAULT_INPUT = os.path.join(HERE, "input.txt")
 # "r50k_base" is tiktoken's other name for the GPT-2 BPE: same ranks, same token ids as "gpt2".
 # It is the name that loads from a cached ranks file without network; "gpt2" also fetches the
 # (unused) vocab.bpe/encoder.json pair and so fails offline.
 ENCODING = "r50k_base"
 
-def main(input_path=None, out_dir=HERE):
+def main(input_path=None, out_dir=HERE, tokenizer=ENCODING):
     with open(input_path or DEFAULT_INPUT, "r", encoding="utf-8") as f:
         data = f.read()
     print(f"length of dataset in characters: {len(data):,}")
-
-    # the first 90% trains, the last 10% validates
+    meta, encode_batch, _ = open_tokenizer(tokenizer)
+    # the first 90% trains, the last 10% validates; special-token text such as <|endoftext|> stays text
     n = len(data)
-    train_data = data[: int(n * 0.9)]
-    val_data = data[int(n * 0.9):]
-
-    # encode with tiktoken gpt2 bpe; encode_ordinary: text that looks like <|endoftext|> stays text
-    enc = tiktoken.get_encoding(ENCODING)
-    train_ids = np.array(enc.encode_ordinary(train_data), dtype=np.uint16)  # 50257 ids fit in uint16
-    val_ids = np.array(enc.encode_ordinary(val_data), dtype=np.uint16)
-    print(f"train has {len(train_ids):,} tokens")
-    print(f"val has {len(val_ids):,} tokens")
-
-    os.makedirs(out_dir, exist_ok=True)
-    train_ids.tofile(os.path.join(out_dir, "train.bin"))
-    val_ids.tofile(os.path.join(out_dir, "val.bin"))
-    meta = {"vocab_size": enc.n_vocab, "encoding": ENCODING}
-    with open(os.path.join(out_dir, "meta.pkl"), "wb") as f:
-        pickle.dump(meta, f)
-    return meta
+    splits = {"train": encode_batch([data[: int(n * 0.9)]]), "val": encode_batch([data[int(n * 0.9):]])}
+    return write_data(out_dir, splits, meta)
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", nargs="?", help="a UTF-8 text file (default: the embedded corpus)")
+    parser.add_argument("--tokenizer", default=ENCODING, help="tiktoken encoding or Hugging Face tokenizer")
+    parser.add_argument("--out_dir", default=HERE)
+    args = parser.parse_args()
+    try:
+        main(args.input, args.out_dir, args.tokenizer)
+    except ConfigError as e:
+        sys.exit(f"ConfigError: {e}")

@@ -7,12 +7,12 @@ meta.pkl (vocab_size, itos, stoi, for encoding and decoding later) next to this 
     python data/shakespeare_char/prepare.py path/to/any.txt # or any other text file (UTF-8)
 """
 import os
-import pickle
 import sys
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))  # so it runs from the repo root or from this folder
+sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
+from common import ConfigError, write_data
+
 DEFAULT_INPUT = os.path.join(HERE, os.pardir, "shakespeare", "input.txt")
 
 def main(input_path=None, out_dir=HERE):
@@ -23,7 +23,6 @@ def main(input_path=None, out_dir=HERE):
     # get all the unique characters that occur in this text
     chars = sorted(set(data))
     vocab_size = len(chars)
-    assert vocab_size <= 2**16, "too many distinct characters for uint16 ids"
     print("all the unique characters:", repr("".join(chars)))
     print(f"vocab size: {vocab_size:,}")
     stoi = {ch: i for i, ch in enumerate(chars)}
@@ -34,20 +33,12 @@ def main(input_path=None, out_dir=HERE):
     train_data = data[: int(n * 0.9)]
     val_data = data[int(n * 0.9):]
 
-    # encode both to integers and export to bin files
-    train_ids = np.array([stoi[c] for c in train_data], dtype=np.uint16)
-    val_ids = np.array([stoi[c] for c in val_data], dtype=np.uint16)
-    print(f"train has {len(train_ids):,} tokens")
-    print(f"val has {len(val_ids):,} tokens")
-    os.makedirs(out_dir, exist_ok=True)
-    train_ids.tofile(os.path.join(out_dir, "train.bin"))
-    val_ids.tofile(os.path.join(out_dir, "val.bin"))
-
-    # save the meta information as well, to help us encode/decode later
-    meta = {"vocab_size": vocab_size, "itos": itos, "stoi": stoi}
-    with open(os.path.join(out_dir, "meta.pkl"), "wb") as f:
-        pickle.dump(meta, f)
-    return meta
+    # encode both to integers and export to bin files, with the meta information to decode them later
+    splits = {"train": [[stoi[c] for c in train_data]], "val": [[stoi[c] for c in val_data]]}
+    return write_data(out_dir, splits, {"vocab_size": vocab_size, "itos": itos, "stoi": stoi})
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    try:
+        main(sys.argv[1] if len(sys.argv) > 1 else None)
+    except ConfigError as e:
+        sys.exit(f"ConfigError: {e}")
