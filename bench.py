@@ -6,6 +6,7 @@ and torch.compile of the fused model, at a few sequence lengths.
     python bench.py                              # CUDA if present (bf16 autocast, GPT-2 small), else a small CPU model
     python bench.py --device=cpu --seq_lens=256,1024 --variants=softmax,affine --out=bench.json
     python bench.py --loss_chunks=0,2048,512,128     # instead: the KD loss's peak memory against loss_chunk
+    python bench.py --time_to_loss --variants=softmax,affine  # instead: the main job's time to nanoGPT's val loss
 
 Each variant's time is also given as a ratio to softmax in the same mode at the same T, measured in the
 same run (softmax is therefore always measured), and each mode's speedup over eager. To keep those ratios
@@ -405,8 +406,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="also write the results as JSON to this file")
     p.add_argument("--time_to_loss", action="store_true", help="instead: train --baseline and --config on the same "
                    "data and compare their times to the baseline's final val loss (the device is the configs')")
-    p.add_argument("--baseline", default="config/train_shakespeare_char_nanogpt.py")
-    p.add_argument("--config", default="config/train_shakespeare_char_cpu.py")
+    p.add_argument("--baseline", default="config/train_shakespeare_char_nanogpt.py",
+                   help="--time_to_loss: the run whose final val loss is the target")
+    p.add_argument("--config", default="config/train_shakespeare_char_cpu.py",
+                   help="--time_to_loss: the run timed to the target, once per --variants")
     p.add_argument("--loss_chunks", type=csv_list(int, least=0), help="instead: the KD loss's peak memory and time for each "
                    "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, n_embd=1024 "
                    "and vocab_size=151936 (the paper's Qwen student)")
