@@ -1,10 +1,12 @@
 """Distillation from Hugging Face causal LMs: tokenizers, prepared data, teachers, the chunked loss.
 Everything offline: a tiny random LLaMA and a byte-level BPE trained on the embedded corpus, made here."""
 
+import copy
 import importlib.util
 import os
 import pickle
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 import common
+import train as train_module
 from common import ConfigError, describe_tokenizer, find_data, get_tokenizer, load_teacher, tokenizer_of, write_data
 from compare import read_metrics
 from model import GPT, GPTConfig
@@ -306,6 +309,7 @@ def student_and_teacher(vocab=37, teacher_vocab=45, seed=0):
 def test_chunked_loss_equals_unchunked(loss, reverse, kd_alpha):
     x = torch.randint(37, (3, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(37, (3, 16), generator=torch.Generator().manual_seed(2))
+    y[:, ::3] = -1  # masked targets, in every chunk
     results = []
     for chunk in (0, 7, 48):  # 7 does not divide the 48 tokens: the last chunk is shorter
         student, teacher = student_and_teacher()
@@ -319,6 +323,11 @@ def test_chunked_loss_equals_unchunked(loss, reverse, kd_alpha):
         assert torch.allclose(v, v0, rtol=1e-5, atol=1e-6)
         assert all(torch.allclose(g[k], g0[k], rtol=1e-4, atol=1e-7) for k in g0)
     assert v0[0] > 0 and all(g.abs().sum() > 0 for k, g in g0.items() if k.endswith("c_alpha.weight"))
+    _, _, kd, soft_ce = v0
+    if loss == "kd" and not reverse:  # soft_ce = kd + tau^2 H(teacher) > kd
+        assert soft_ce > kd > 0
+    else:  # no soft-target cross-entropy without a teacher or for the reverse KL
+        assert soft_ce == 0
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -327,7 +336,7 @@ def test_kd_is_over_the_real_vocabulary(reverse):
     student, teacher = student_and_teacher()
     x = torch.randint(37, (2, 16), generator=torch.Generator().manual_seed(3))
     cfg = TrainConfig(loss="kd", teacher="t", kd_reverse=reverse, kd_temperature=2.0, loss_chunk=5)
-    _, _, kd = forward_loss(student, teacher, x, x, cfg, 37)
+    _, _, kd, _ = forward_loss(student, teacher, x, x, cfg, 37)
     s = F.log_softmax(student(x, x)[0][..., :37] / 2.0, dim=-1).flatten(0, 1)
     t = F.log_softmax(teacher(x, x)[0][..., :37] / 2.0, dim=-1).flatten(0, 1)
     inp, target = (t, s) if reverse else (s, t)  # F.kl_div(input, target) = KL(target || input)
@@ -343,10 +352,154 @@ def test_chunks_bound_the_logits(monkeypatch):
     for head in (student.lm_head, teacher.lm_head):
         head.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
     x = torch.randint(37, (3, 16), generator=torch.Generator().manual_seed(1))
-    loss, _, _ = forward_loss(student, teacher, x, x, TrainConfig(loss="kd", teacher="t", loss_chunk=8), 37)
+    loss, *_ = forward_loss(student, teacher, x, x, TrainConfig(loss="kd", teacher="t", loss_chunk=8), 37)
     forward_calls = len(rows)
     loss.backward()
     assert forward_calls == 2 * 6 and len(rows) == 2 * forward_calls and max(rows) == 8
+
+
+def masked_targets(shape, frac, seed, vocab=37):
+    """Targets of which exactly frac are -1 (ignore_index), at seeded random places."""
+    y = torch.randint(vocab, shape, generator=torch.Generator().manual_seed(seed))
+    masked = torch.randperm(y.numel(), generator=torch.Generator().manual_seed(seed + 1))[: round(frac * y.numel())]
+    y.view(-1)[masked] = -1
+    return y
+
+
+def reference_losses(student, teacher, x, y, tau, vocab=37, reverse=False):
+    """Over the real (not -1) targets only, by torch's own functions: the cross-entropy, tau^2 KL (KL(teacher ||
+    student), or KL(student || teacher) if reverse), tau^2 H(teacher, student) and tau^2 H(teacher), at
+    temperature tau on the first vocab logits."""
+    real = (y != -1).flatten()
+    logits = student(x, x)[0][..., :vocab].flatten(0, 1)[real]
+    with torch.no_grad():
+        t = F.log_softmax(teacher(x, x)[0][..., :vocab].flatten(0, 1)[real] / tau, dim=-1)
+    s = F.log_softmax(logits / tau, dim=-1)
+    inp, target = (t, s) if reverse else (s, t)  # F.kl_div(input, target) = KL(target || input)
+    kd = tau**2 * F.kl_div(inp, target, log_target=True, reduction="batchmean")
+    soft_ce = tau**2 * F.cross_entropy(logits / tau, t.exp())  # probabilities as targets: H(teacher, student)
+    entropy = tau**2 * torch.distributions.Categorical(logits=t).entropy().mean()
+    return F.cross_entropy(logits, y.flatten()[real]), kd, soft_ce, entropy
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_masked_targets_are_neither_distilled_nor_counted(reverse, chunk):
+    """3/4 of the targets are -1: the CE and the KD term are both means over the real quarter, in value and
+    gradient (issue 22; the KD term used to be summed over every position and divided by all of them)."""
+    x = torch.randint(37, (4, 16), generator=torch.Generator().manual_seed(1))
+    y = masked_targets(x.shape, 0.75, seed=2)
+    cfg = TrainConfig(loss="kd", teacher="t", kd_reverse=reverse, kd_temperature=2.0, loss_chunk=chunk)
+    student, teacher = student_and_teacher()
+    loss, ce, kd, _ = forward_loss(student, teacher, x, y, cfg, 37)
+    loss.backward()
+    grads = {k: p.grad for k, p in student.named_parameters()}
+    student, teacher = student_and_teacher()
+    ref_ce, ref_kd, _, _ = reference_losses(student, teacher, x, y, 2.0, reverse=reverse)
+    (0.5 * ref_kd + 0.5 * ref_ce).backward()  # kd_alpha=0.5
+    print(f"reverse={reverse}, loss_chunk={chunk}: kd {kd.item():.6f}, over the real targets {ref_kd.item():.6f}")
+    assert ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
+    assert kd.item() == pytest.approx(ref_kd.item(), rel=1e-5)
+    for k, p in student.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk", [0, 7])
+def test_soft_ce_is_the_soft_target_cross_entropy_with_the_gradients_of_the_kl(chunk):
+    """Issue 19: soft_ce = tau^2 H(teacher_tau, student_tau), the soft-target cross-entropy (torchtune's
+    ForwardKLLoss; the size of the paper's "KD loss"), = kd + tau^2 H(teacher_tau). The teacher's entropy does
+    not depend on the student, so the KL that training minimises and soft_ce have the same gradients."""
+    x = torch.randint(37, (4, 16), generator=torch.Generator().manual_seed(1))
+    y = masked_targets(x.shape, 0.75, seed=2)
+    cfg = TrainConfig(loss="kd", teacher="t", kd_alpha=1.0, kd_temperature=2.0, loss_chunk=chunk)
+    student, teacher = student_and_teacher()
+    _, _, kd, soft_ce = forward_loss(student, teacher, x, y, cfg, 37)
+    kd.backward()
+    kl_grads = {k: p.grad for k, p in student.named_parameters()}
+    student, teacher = student_and_teacher()
+    _, _, ref_soft_ce, entropy = reference_losses(student, teacher, x, y, 2.0)
+    ref_soft_ce.backward()
+    print(f"loss_chunk={chunk}: kd {kd.item():.6f}, soft_ce {soft_ce.item():.6f}, tau^2 H(teacher) {entropy.item():.6f}")
+    assert soft_ce.item() == pytest.approx(ref_soft_ce.item(), rel=1e-5)
+    assert (soft_ce - kd).item() == pytest.approx(entropy.item(), rel=1e-5)
+    for k, p in student.named_parameters():
+        torch.testing.assert_close(kl_grads[k], p.grad, rtol=1e-4, atol=1e-7)
+
+
+def caller():
+    """The name of the function that called the function calling this: the training loop or estimate_loss."""
+    return sys._getframe(2).f_code.co_name
+
+
+def test_an_iteration_averages_its_micro_steps_means(tmp_path, monkeypatch):
+    """The normalisation under gradient accumulation (forward_loss's docstring): an iteration's loss, and so
+    its gradient, is the mean over its micro-steps of each micro-batch's mean over its real targets, not the
+    mean over all the iteration's real targets. Micro-step 0 has 3/4 of its targets masked, micro-step 1 none;
+    the logged loss, ce, kd, soft_ce and grad_norm are checked against torch's own functions."""
+    with open(CORPUS, encoding="utf-8") as f:
+        data = make_char_data(tmp_path / "data", f.read(4000))
+    train(tiny(tmp_path, data, out_dir=str(tmp_path / "teacher"), seed=1, max_iters=0))  # other initial weights
+    steps, first = [], {}
+
+    def masked_get_batch(*args):
+        x, y = real_get_batch(*args)
+        if caller() == "_train":
+            if len(steps) % 2 == 0:
+                y = torch.where(masked_targets(y.shape, 0.75, seed=len(steps)) == -1, -1, y)
+            steps.append((x, y))
+        return x, y
+
+    def recording_forward_loss(model, teacher, *args):
+        if torch.is_grad_enabled() and not first:  # the weights of the first training step
+            first.update(model=copy.deepcopy(model), teacher=teacher)
+        return real_forward_loss(model, teacher, *args)
+
+    real_get_batch, real_forward_loss = train_module.get_batch, train_module.forward_loss
+    monkeypatch.setattr(train_module, "get_batch", masked_get_batch)
+    monkeypatch.setattr(train_module, "forward_loss", recording_forward_loss)
+    result = train(tiny(tmp_path, data, loss="kd", teacher=str(tmp_path / "teacher"), kd_temperature=2.0,
+                        gradient_accumulation_steps=2, max_iters=1))
+    row = read_metrics(result["out_dir"])[0][0]
+    vocab = first["model"].config.vocab_size
+    micro = [reference_losses(first["model"], first["teacher"], x, y, 2.0, vocab) for x, y in steps[:2]]
+    ce, kd, soft_ce, _ = (torch.stack(values) for values in zip(*micro))
+    losses = 0.5 * kd + 0.5 * ce
+    losses.mean().backward()
+    grad_norm = torch.cat([p.grad.flatten() for p in first["model"].parameters() if p.grad is not None]).norm()
+    real = torch.tensor([(y != -1).sum() for _, y in steps[:2]], dtype=torch.float32)
+    print(f"logged loss {row['loss']:.6f}; mean of the micro-steps' means {losses.mean().item():.6f}, "
+          f"mean over all real targets {((losses * real).sum() / real.sum()).item():.6f}")
+    assert real.tolist() == [64, 256]
+    assert [row["loss"], row["ce"], row["kd"], row["soft_ce"]] == pytest.approx(
+        [losses.mean().item(), ce.mean().item(), kd.mean().item(), soft_ce.mean().item()], rel=1e-5)
+    assert row["grad_norm"] == pytest.approx(grad_norm.item(), rel=1e-4)
+    assert abs(row["loss"] - ((losses * real).sum() / real.sum()).item()) > 1e-4  # the two choices differ here
+
+
+def test_evaluation_draws_train_batches_of_its_own_the_same_every_time(tmp_path, monkeypatch):
+    """estimate_loss's "train" batches are not the training batches (issue 22: they were those of iterations
+    0, 1, ...), and every evaluation sees the same ones; its val batches are drawn as before, from seed."""
+    with open(CORPUS, encoding="utf-8") as f:
+        data = make_char_data(tmp_path / "data", f.read(4000))
+    drawn = []
+
+    def recording_get_batch(*args):
+        x, y = real_get_batch(*args)
+        drawn.append((caller(), args[1], x))
+        return x, y
+
+    real_get_batch = train_module.get_batch
+    monkeypatch.setattr(train_module, "get_batch", recording_get_batch)
+    cfg = tiny(tmp_path, data, max_iters=4, eval_interval=2, eval_iters=2)
+    train(cfg)
+    evals = [x for who, split, x in drawn if who == "estimate_loss" and split == "train"]
+    vals = [x for who, split, x in drawn if who == "estimate_loss" and split == "val"]
+    steps = [x for who, _, x in drawn if who == "_train"]
+    assert len(evals) == len(vals) == 3 * 2 and len(steps) == 4  # evaluations at iters 0, 2, 4
+    assert all(torch.equal(evals[i], evals[i % 2]) and torch.equal(vals[i], vals[i % 2]) for i in range(6))
+    assert not any(torch.equal(e, s) for e in evals[:2] for s in steps)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    assert all(torch.equal(vals[i], get_batch(data, "val", 8, 32, generator, "cpu", common.read_meta(data))[0]) for i in range(2))
 
 
 def test_bench_measures_the_loss_memory_against_loss_chunk(capsys):

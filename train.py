@@ -14,9 +14,10 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
   out_dir/best.pt        the checkpoint of the lowest val loss, which sample.py, analyze.py and a KD
                          teacher given as an out_dir load; val_loss and iter_num in it are its own
   out_dir/metrics.jsonl  one JSON object per logged step:
-  every log_interval iters  iter, lr, loss, ce (and kd when distilling), grad_norm (before clipping),
-                            tokens_per_s and dt_ms (training alone: evaluation and logging left out);
-                            loss, ce, kd and dt_ms are means over the iterations since the previous row
+  every log_interval iters  iter, lr, loss, ce (and when distilling kd, the KL, and but for kd_reverse
+                            soft_ce, the soft-target cross-entropy: see forward_loss), grad_norm (before
+                            clipping), tokens_per_s and dt_ms (training alone: evaluation and logging left out);
+                            loss, ce, kd, soft_ce and dt_ms are means over the iterations since the previous row
   every stats_interval iters the log row also has logit_mag (the paper's Fig. 2: mean |pre-softmax logit|
                             over the causally visible entries of every layer and head) and, for the affine
                             variants, alpha and alpha_ma (per layer, means over heads and tokens)
@@ -199,29 +200,44 @@ def get_lr(cfg, it):
 
 def chunk_losses(h, lm_head, y, vocab, teacher_h, teacher_head, tau, reverse):
     """Sums over one chunk of tokens of the cross-entropy and, with a teacher, of tau^2 * KL(teacher ||
-    student) of the next-token distributions at temperature tau (KL(student || teacher) if reverse).
-    h, teacher_h: (N, C) final hidden states; y: (N,) targets. tau^2 keeps the gradients' scale
-    independent of tau (Hinton et al., 2015). KD compares the first vocab logits only, the tokenizer's
-    real vocabulary: a Hugging Face teacher pads its embedding (Qwen: 151936 rows for 151646 tokens), and
-    a padded student's extra rows are no token. In float32: under bf16 autocast the two log-softmaxes
-    nearly cancel."""
+    student) of the next-token distributions at temperature tau (KL(student || teacher) if reverse) and of
+    tau^2 * H(teacher) (0 if reverse), the teacher's entropy. Tokens whose target is -1 count in no sum:
+    they are neither learned nor distilled. h, teacher_h: (N, C) final hidden states; y: (N,) targets.
+    tau^2 keeps the gradients' scale independent of tau (Hinton et al., 2015). KD compares the first vocab
+    logits only, the tokenizer's real vocabulary: a Hugging Face teacher pads its embedding (Qwen: 151936
+    rows for 151646 tokens), and a padded student's extra rows are no token. In float32: under bf16
+    autocast the two log-softmaxes nearly cancel."""
     logits = lm_head(h).float()
     ce = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum")
     if teacher_h is None:
-        return ce, torch.zeros_like(ce)
+        return ce, torch.zeros_like(ce), torch.zeros_like(ce)
+    real = y != -1
     with torch.no_grad():
         t = F.log_softmax(teacher_head(teacher_h)[:, :vocab].float() / tau, dim=-1)
+        entropy = torch.zeros_like(ce) if reverse else torch.where(real, -(t.exp() * t).sum(-1), 0.0).sum()
     s = F.log_softmax(logits[:, :vocab] / tau, dim=-1)
     log_p, log_q = (s, t) if reverse else (t, s)
-    return ce, tau**2 * (log_p.exp() * (log_p - log_q)).sum()
+    kl = torch.where(real, (log_p.exp() * (log_p - log_q)).sum(-1), 0.0)  # where, not *: no NaN leaks through
+    return ce, tau**2 * kl.sum(), tau**2 * entropy
 
 
 def forward_loss(model, teacher, x, y, cfg, vocab):
-    """(loss to minimise, its cross-entropy part, its KD part), means over tokens; the KD part is 0
-    without a teacher. vocab: the data's real vocabulary size. The logits are made chunk by chunk of
-    cfg.loss_chunk tokens from the final hidden states, each chunk under activation checkpointing: only
-    one chunk's logits (student's and teacher's) exist at a time, forward and backward, and the sums
-    make the value and gradients those of the whole batch at once (loss_chunk=0)."""
+    """(loss to minimise, its cross-entropy part, its KD part, soft_ce), means over the tokens whose target
+    is not -1 (ignore_index): both parts are divided by the number of real targets. The KD part is
+    tau^2 * KL(teacher || student), or KL(student || teacher) with kd_reverse; soft_ce is the soft-target
+    cross-entropy tau^2 * H(teacher, student) = KD part + tau^2 * H(teacher), which the paper's "KD loss"
+    (Tables 1-2, Fig. 10) has the size of (torchtune's ForwardKLLoss returns it). H(teacher) does not
+    depend on the student, so minimising the KL minimises soft_ce with the same gradients. With kd_reverse
+    the matching cross-entropy would differ from the KL by the student's entropy, not a constant, so
+    soft_ce is not computed there (0), nor without a teacher (0, like the KD part).
+    Under gradient accumulation each micro-step's loss is this mean over its own real targets and the
+    iteration minimises (and logs) the mean of its micro-steps' values (and DDP that of its ranks'): the
+    mean over all the iteration's real targets only when every micro-batch has as many, which get_batch,
+    making no -1 target, always gives.
+    vocab: the data's real vocabulary size. The logits are made chunk by chunk of cfg.loss_chunk tokens
+    from the final hidden states, each chunk under activation checkpointing: only one chunk's logits
+    (student's and teacher's) exist at a time, forward and backward, and the sums make the value and
+    gradients those of the whole batch at once (loss_chunk=0)."""
     lm_head = getattr(model, "module", model).lm_head  # DDP keeps the model in .module
     h, y = model(x, return_hidden=True).flatten(0, 1), y.flatten()
     teacher_h = teacher_head = None
@@ -229,7 +245,7 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
         with torch.no_grad():
             teacher_h, teacher_head = teacher(x, return_hidden=True).flatten(0, 1), teacher.lm_head
     n = cfg.loss_chunk or len(y)
-    sums = torch.zeros(2, device=h.device)
+    sums = torch.zeros(3, device=h.device)
     for i in range(0, len(y), n):
         chunk = slice(i, i + n)
         args = (h[chunk], lm_head, y[chunk], vocab, None if teacher_h is None else teacher_h[chunk], teacher_head,
@@ -238,10 +254,11 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
             sums = sums + torch.stack(checkpoint(chunk_losses, *args, use_reentrant=False))
         else:
             sums = sums + torch.stack(chunk_losses(*args))
-    ce, kd = sums[0] / (y != -1).sum(), sums[1] / len(y)
+    ce, kd, entropy = sums / (y != -1).sum()
+    soft_ce = torch.zeros_like(kd) if teacher is None or cfg.kd_reverse else kd + entropy
     if teacher is None:
-        return ce, ce, kd
-    return cfg.kd_alpha * kd + (1.0 - cfg.kd_alpha) * ce, ce, kd
+        return ce, ce, kd, soft_ce
+    return cfg.kd_alpha * kd + (1.0 - cfg.kd_alpha) * ce, ce, kd, soft_ce
 
 
 def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
@@ -265,17 +282,19 @@ def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
 def estimate_loss(model, cfg, data_dir, device, ctx):
     """Mean cross-entropy on eval_iters batches of each split. The generator is seeded afresh each time:
     every evaluation sees the same batches, so curves compare across evaluations and runs, and the
-    training sampler's state is left alone (a resumed run draws what an uninterrupted one would)."""
+    training sampler's state is left alone (a resumed run draws what an uninterrupted one would). The train
+    batches come from seed - 1, a stream of their own: rank r trains on seed + r, and the training batches
+    would measure the loss on what the model learned first. The val batches come from seed, as always."""
     model.eval()
     meta = read_meta(data_dir)
     out = {}
     for split in ("train", "val"):
-        generator = torch.Generator().manual_seed(cfg.seed)
+        generator = torch.Generator().manual_seed(cfg.seed - 1 if split == "train" else cfg.seed)
         total = torch.zeros((), device=device)
         for _ in range(cfg.eval_iters):
             x, y = get_batch(data_dir, split, cfg.batch_size, cfg.block_size, generator, device, meta)
             with ctx:
-                loss, _, _ = forward_loss(model, None, x, y, cfg, vocab_of(meta))
+                loss, *_ = forward_loss(model, None, x, y, cfg, vocab_of(meta))
             total += loss.float()
         out[split] = total.item() / cfg.eval_iters
     model.train()
@@ -411,7 +430,7 @@ def _train(cfg, device, ddp):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    pending = []  # (iter, (loss, ce, kd)) since the last row, read in one go: no sync per iteration
+    pending = []  # (iter, (loss, ce, kd, soft_ce)) since the last row, read in one go: no sync per iteration
 
     def check_pending():
         """The pending losses, as floats averaged over ranks; stops on a non-finite one, on every rank."""
@@ -420,7 +439,7 @@ def _train(cfg, device, ddp):
             dist.all_reduce(values)  # a NaN anywhere reaches every rank, so all of them stop together
             values /= world
         values = values.tolist()
-        for (it, _), (loss, _, _) in zip(pending, values):
+        for (it, _), (loss, *_) in zip(pending, values):
             if not math.isfinite(loss):
                 stop("loss", loss, it)
         return values
@@ -477,15 +496,15 @@ def _train(cfg, device, ddp):
         lr = get_lr(cfg, iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        total = torch.zeros(3, device=device)
+        total = torch.zeros(4, device=device)
         for micro_step in range(accum):
             x, y = get_batch(data_dir, "train", cfg.batch_size, cfg.block_size, sampler, device, meta)
             if ddp:
                 runner.require_backward_grad_sync = micro_step == accum - 1  # all-reduce on the last only
             with ctx:
-                loss, ce, kd = forward_loss(runner, teacher, x, y, cfg, vocab)
-            (loss / accum).backward()
-            total += torch.stack([loss, ce, kd]).detach().float() / accum
+                loss, ce, kd, soft_ce = forward_loss(runner, teacher, x, y, cfg, vocab)
+            (loss / accum).backward()  # the iteration's loss: the mean of its micro-steps' (see forward_loss)
+            total += torch.stack([loss, ce, kd, soft_ce]).detach().float() / accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -500,6 +519,8 @@ def _train(cfg, device, ddp):
             row = {"iter": iter_num, "lr": lr, "loss": mean[0], "ce": mean[1]}
             if teacher is not None:
                 row["kd"] = mean[2]
+                if not cfg.kd_reverse:
+                    row["soft_ce"] = mean[3]
             row.update(grad_norm=grad_norm.item(), dt_ms=1e3 * train_s / len(values),
                        tokens_per_s=len(values) * accum * world * cfg.batch_size * cfg.block_size / train_s)
             if master and iter_num % cfg.stats_interval < cfg.log_interval:
