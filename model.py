@@ -187,11 +187,13 @@ class CausalSelfAttention(nn.Module):
             # position (Fig. 3), and no output depends on how long the input is (the KV cache stays exact).
             # "prefix": N = the keys this query sees, so every query's weights sum to exactly alpha_ma and
             # alpha only trades softmax mass for uniform mass: the per-query mass is a constant per head.
+            # Both in float32, rounded to alpha's dtype once at the end: in bf16, N > 256 is not exact
+            # (257 -> 256), nor is alpha_ma before the subtraction.
             if self.affine_n == "prefix":
-                N = torch.arange(S - T + 1, S + 1, device=x.device, dtype=alpha.dtype).view(T, 1)
+                N = torch.arange(S - T + 1, S + 1, device=x.device, dtype=torch.float32).view(T, 1)
             else:
                 N = self.block_size
-            beta = (self.alpha_ma.view(-1, 1, 1).to(alpha.dtype) - alpha) / N  # (B, nh, T, 1)
+            beta = ((self.alpha_ma.view(-1, 1, 1) - alpha) / N).to(alpha.dtype)  # (B, nh, T, 1)
             if self.training:
                 # Eq. 9's E[alpha_t(X)], the mean over batch and positions, is gathered here and applied once
                 # per optimizer step by update_alpha_ma. New tensors, not in-place updates: under
@@ -447,10 +449,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Sample max_new_tokens after idx (B, T), with a KV cache. The cache holds each layer's keys and
-        values, which is all every variant needs (affine's beta needs the sum of the visible values).
-        Beyond block_size the context is cropped to the last block_size tokens, as in nanoGPT; every token
-        then has a new position, so the cache is refilled from the cropped context."""
+        """Sample max_new_tokens after idx (B, T), with a KV cache. top_k=1 is greedy decoding: the argmax,
+        the lowest id among exactly tied logits (sampling among the tied would make it depend on the seed).
+        The cache holds each layer's keys and values, which is all every variant needs (affine's beta needs
+        the sum of the visible values). Beyond block_size the context is cropped to the last block_size
+        tokens, as in nanoGPT; every token then has a new position, so the cache is refilled from the
+        cropped context."""
         was_training = self.training
         self.eval()  # sampling must never update alpha_ma
         kv_cache = None
@@ -461,11 +465,13 @@ class GPT(nn.Module):
             else:
                 logits, _ = self(idx[:, -1:], kv_cache=kv_cache)
             logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
+            if top_k == 1:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
         self.train(was_training)
         return idx

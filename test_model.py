@@ -219,6 +219,26 @@ def test_affine_weights_mass():
                 assert mass[..., :8].std() > 0.05  # not a constant per head: Fig. 3's spread is possible
 
 
+@pytest.mark.parametrize("affine_n", ["prefix", "context"])
+def test_beta_under_bf16_autocast_is_eq8_rounded_once(affine_n):
+    """Under bf16 autocast beta (Eq. 8) is (alpha_ma - alpha) / N of the bf16 alpha, computed exactly and
+    rounded to bf16 once: within bf16's unit roundoff 2^-8 of it. N = prefix counts up to 300 keys here, and
+    bf16 holds no odd integer above 256 (issue 22: N was built in alpha's dtype, 257 -> 256); alpha_ma
+    (0.2 to 0.8 here) was rounded to bf16 before the subtraction, which nearly cancels where alpha ~ alpha_ma."""
+    model = make_model("affine", block_size=300, affine_n=affine_n)
+    attn, seen = model.transformer.h[0].attn, []
+    fused = attn._fused
+    attn._fused = lambda q, k, v, alpha, beta: seen.append((alpha, beta)) or fused(q, k, v, alpha, beta)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randint(37, (2, 300), generator=torch.Generator().manual_seed(1)))
+    alpha, beta = (t.double() for t in seen[0])
+    N = torch.arange(1.0, 301.0, dtype=torch.float64).view(300, 1) if affine_n == "prefix" else 300
+    expected = (attn.alpha_ma.double().view(-1, 1, 1) - alpha) / N
+    error = ((beta - expected).abs() / expected.abs()).max().item()
+    print(f"N={affine_n}: max relative error of beta {error:.2e}")
+    assert seen[0][1].dtype == torch.bfloat16 and error <= 2**-8 * 1.001
+
+
 # --------------------------------------------------------------------------------------------------
 # causality, alpha_ma
 
@@ -358,6 +378,24 @@ def test_generate_leaves_alpha_ma_and_mode_alone():
     model.generate(batch()[0][:, :4], max_new_tokens=3)
     assert model.training
     assert torch.equal(model.transformer.h[0].attn.alpha_ma, before)
+
+
+def test_top_k_1_is_argmax_whatever_the_seed():
+    """top_k=1 is greedy decoding (eval.py's generate_until): with an exact fp32 tie between the two most
+    likely tokens, 3 and 4, it takes the lower id as torch.argmax does, under every seed (issue 22: it
+    sampled between them)."""
+    model = make_model("affine").eval()
+    with torch.no_grad():  # every final hidden state is exactly (1, 0, ..., 0): token v's logit is W[v, 0]
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()[0] = 1.0
+        model.lm_head.weight[:, 0].uniform_(-1.0, 1.0)
+        model.lm_head.weight[[3, 4], 0] = 2.0
+    prompt = batch(B=2)[0][:, :4]
+    logits = model(prompt)[0][:, -1]
+    assert (logits[:, 3] == logits.max(-1).values).all() and torch.equal(logits[:, 3], logits[:, 4])
+    for seed in range(10):
+        torch.manual_seed(seed)
+        assert (model.generate(prompt, max_new_tokens=5, top_k=1)[:, 4:] == 3).all()
 
 
 # --------------------------------------------------------------------------------------------------
