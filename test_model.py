@@ -786,6 +786,7 @@ def test_kd_from_an_identical_teacher_is_zero(tmp_path, attn, reverse):
     steps, _ = read_metrics(result["out_dir"])
     assert abs(steps[0]["kd"]) < 1e-6
     assert steps[0]["loss"] == pytest.approx(0.5 * steps[0]["ce"], rel=1e-5)
+    assert ("soft_ce" in steps[0]) == (not reverse)  # the soft-target cross-entropy of the forward KL only
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -217,7 +217,7 @@ def chunk_losses(h, lm_head, y, vocab, teacher_h, teacher_head, tau, reverse):
         entropy = torch.zeros_like(ce) if reverse else torch.where(real, -(t.exp() * t).sum(-1), 0.0).sum()
     s = F.log_softmax(logits[:, :vocab] / tau, dim=-1)
     log_p, log_q = (s, t) if reverse else (t, s)
-    kl = torch.where(real, (log_p.exp() * (log_p - log_q)).sum(-1), 0.0)  # where, not *: no NaN leaks through
+    kl = torch.where(real, (log_p.exp() * (log_p - log_q)).sum(-1), 0.0)  # a masked row adds exactly 0
     return ce, tau**2 * kl.sum(), tau**2 * entropy
 
 
