@@ -223,17 +223,17 @@ def chunk_losses(h, lm_head, y, vocab, teacher_h, teacher_head, tau, reverse):
 
 def forward_loss(model, teacher, x, y, cfg, vocab):
     """(loss to minimise, its cross-entropy part, its KD part, soft_ce), means over the tokens whose target
-    is not -1 (ignore_index): both parts are divided by the number of real targets. The KD part is
-    tau^2 * KL(teacher || student), or KL(student || teacher) with kd_reverse; soft_ce is the soft-target
-    cross-entropy tau^2 * H(teacher, student) = KD part + tau^2 * H(teacher), which the paper's "KD loss"
-    (Tables 1-2, Fig. 10) has the size of (torchtune's ForwardKLLoss returns it). H(teacher) does not
-    depend on the student, so minimising the KL minimises soft_ce with the same gradients. With kd_reverse
-    the matching cross-entropy would differ from the KL by the student's entropy, not a constant, so
-    soft_ce is not computed there (0), nor without a teacher (0, like the KD part).
-    Under gradient accumulation each micro-step's loss is this mean over its own real targets and the
-    iteration minimises (and logs) the mean of its micro-steps' values (and DDP that of its ranks'): the
-    mean over all the iteration's real targets only when every micro-batch has as many, which get_batch,
-    making no -1 target, always gives.
+    is not -1 (ignore_index): every part is divided by the number of real targets. The KD part is
+    tau^2 * KL(teacher || student), or KL(student || teacher) with kd_reverse, and 0 without a teacher.
+    soft_ce is the soft-target cross-entropy tau^2 * H(teacher, student) = KD part + tau^2 * H(teacher),
+    the quantity the paper's "KD loss" has the size of (torchtune's ForwardKLLoss returns it); H(teacher)
+    does not depend on the student, so the KL and soft_ce have the same gradients. With kd_reverse the
+    matching cross-entropy would differ from the KL by the student's entropy, no constant: soft_ce is 0
+    there, as without a teacher.
+    Under gradient accumulation each micro-step's loss is this mean over its own real targets, and an
+    iteration minimises (and logs) the mean of its micro-steps' losses (DDP: of its ranks' too). That is
+    the mean over all the iteration's real targets when every micro-batch has as many, as get_batch (no
+    -1 targets) always gives.
     vocab: the data's real vocabulary size. The logits are made chunk by chunk of cfg.loss_chunk tokens
     from the final hidden states, each chunk under activation checkpointing: only one chunk's logits
     (student's and teacher's) exist at a time, forward and backward, and the sums make the value and
@@ -255,7 +255,7 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
         else:
             sums = sums + torch.stack(chunk_losses(*args))
     ce, kd, entropy = sums / (y != -1).sum()
-    soft_ce = torch.zeros_like(kd) if teacher is None or cfg.kd_reverse else kd + entropy
+    soft_ce = torch.zeros_like(kd) if cfg.kd_reverse else kd + entropy  # without a teacher 0 + 0
     if teacher is None:
         return ce, ce, kd, soft_ce
     return cfg.kd_alpha * kd + (1.0 - cfg.kd_alpha) * ce, ce, kd, soft_ce
@@ -283,8 +283,8 @@ def estimate_loss(model, cfg, data_dir, device, ctx):
     """Mean cross-entropy on eval_iters batches of each split. The generator is seeded afresh each time:
     every evaluation sees the same batches, so curves compare across evaluations and runs, and the
     training sampler's state is left alone (a resumed run draws what an uninterrupted one would). The train
-    batches come from seed - 1, a stream of their own: rank r trains on seed + r, and the training batches
-    would measure the loss on what the model learned first. The val batches come from seed, as always."""
+    batches come from seed - 1, a stream no rank trains on (rank r draws from seed + r): drawn from seed,
+    they were rank 0's first training batches. The val batches come from seed, as before."""
     model.eval()
     meta = read_meta(data_dir)
     out = {}
