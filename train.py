@@ -52,8 +52,8 @@ from common import (CheckpointError, ConfigError, check_choice, check_device, ch
 from model import GPT, GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
-                "rope_theta", "rope_scaling", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn", "fused",
-                "phi", "affine_momentum", "affine_n")
+                "rope_theta", "rope_scaling", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn",
+                "fused", "phi", "affine_momentum", "affine_n")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,8 +76,7 @@ class TrainConfig:
     # data
     dataset: str = "shakespeare_char"
     data_dir: str = ""  # folder with train.bin, val.bin and maybe meta.pkl; "" is data/<dataset>
-    # training windows: "random" (drawn with replacement) or "epoch" (every window once per epoch, shuffled)
-    sampling: str = "random"
+    sampling: str = "random"  # training windows: "random" (with replacement) or "epoch" (each once per epoch, shuffled)
     gradient_accumulation_steps: int = 1  # micro-steps per iteration, all DDP ranks together
     batch_size: int = 12  # sequences per micro-step and rank
     block_size: int = 1024
