@@ -379,7 +379,8 @@ def test_the_paper_configs_build_the_published_students(config, name):
     assert dataclasses.replace(student, block_size=published.block_size, attn="softmax") == published
     with torch.device("meta"):
         built, reference = GPT(student), GPT(dataclasses.replace(published, attn="affine"))
-    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert {k: v.shape for k, v in built.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
     # samples per step and steps: the paper's 1024 x 2048 tokens x 9000
     assert (cfg.batch_size * cfg.gradient_accumulation_steps, cfg.max_iters) == (1024, 9000)
 
@@ -400,6 +401,7 @@ def test_rope_scaling_is_a_setting_a_resume_compares(tmp_path):
 
     rope = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8}
+    assert load_config(["--pos=rope", f"--rope_scaling={rope}"], TrainConfig).rope_scaling == rope
     assert load_config(["--pos=rope", f"--rope_scaling={rope}", "--rope_scaling=None"], TrainConfig).rope_scaling is None
     data = make_char_data(tmp_path / "data")
     train(tiny(tmp_path, data=data, max_iters=2, pos="rope", rope_scaling=rope))

@@ -506,7 +506,7 @@ def test_a_batch_may_cross_an_epoch_and_a_restored_state_continues_it():
     again = train_module.EpochSampler(6 * 8 + 1, 8, seed=0)
     again.set_state(state)
     assert [again.next_starts(4).tolist() for _ in range(2)] == rest
-    with pytest.raises(ConfigError, match="the checkpoint is 6 windows into an epoch of train.bin, which now has 5 windows"):
+    with pytest.raises(ConfigError, match="the checkpoint's epochs are of 6 windows of train.bin, which now has 5: "):
         train_module.EpochSampler(5 * 8 + 1, 8, seed=0).set_state(state)
 
 

@@ -217,8 +217,8 @@ class EpochSampler:
 
     def set_state(self, state):
         if state.get("windows") != self.windows:
-            raise ConfigError(f"the checkpoint is {state.get('windows')} windows into an epoch of train.bin, which "
-                              f"now has {self.windows} windows: the data changed; resume on the run's data")
+            raise ConfigError(f"the checkpoint's epochs are of {state.get('windows')} windows of train.bin, which now "
+                              f"has {self.windows}: the data changed; resume on the run's data")
         self.epoch, self.taken = state["epoch"], state["taken"]
 
 
