@@ -5,13 +5,15 @@ Where the attention of trained checkpoints goes (paper section 4, appendices A a
 
 An out_dir stands for its best.pt (the lowest val loss), else its ckpt.pt; a file for itself.
 
-On a few validation sequences (evenly spread over the run's val.bin, the same for every checkpoint),
-per layer and head, from GPT.attention_maps: the weight on the first token (Fig. 4), each query's total
-attention mass (Fig. 3), the head-wise total mass normalised to [0, 1] (Fig. 5), the attention entropy
-(Fig. 6), a 30 x 30 attention heatmap (Fig. 9) and, for affine models, alpha and alpha_ma. From each run's
-metrics.jsonl (next to its checkpoint): the training loss (the KD loss when distilling, Fig. 7; its last 20% of
-steps, Fig. 10), the attention-logit magnitude and gradient-norm curves (Fig. 2, 8) and the early-training
-gradient-norm statistics of Tables 4 and 5.
+On validation sequences as appendix A.1 takes them (10 windows of min(1024, block_size) tokens at seeded
+random places in a val.bin, the same for every checkpoint; the paper's is C4 validation, which
+data/c4/prepare.py makes for --data_dir; the default is the run's own val.bin), per layer and head, from
+GPT.attention_maps: the weight on the first token (Fig. 4), each query's total attention mass (Fig. 3), the
+head-wise total mass normalised to [0, 1] (Fig. 5), the attention entropy (Fig. 6), a 30 x 30 attention
+heatmap (Fig. 9) and, for affine models, alpha and alpha_ma. From each run's metrics.jsonl (next to its
+checkpoint): the training loss (the KD loss when distilling, Fig. 7; its last 2/9 of steps, Fig. 10: steps
+7k-9k of 9k), the attention-logit magnitude and gradient-norm curves (Fig. 2, 8) and the early-training
+gradient-norm statistics of Tables 4 and 5. The figures add phi, sigmoid against linear clipping (Fig. 11).
 
 A text summary is always printed; with matplotlib installed, figures go to --plot_dir.
 """
@@ -24,6 +26,9 @@ import numpy as np
 import torch
 
 from common import DATA_ROOT, ConfigError, load_model, read_jsonl, read_tokens
+from model import linear_clipping
+
+LATE = 2 / 9  # Fig. 10's share of training: steps 7k-9k of 9k
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -103,15 +108,17 @@ def series(g):
 # checkpoints, data, metrics
 
 
-def val_sequences(path, num_seqs, seq_len, vocab_size):
-    """num_seqs windows of seq_len tokens, evenly spread over the file path (a val.bin), so every checkpoint
-    sees the same. The ids are read in the dtype of the meta.pkl beside it."""
+def val_sequences(path, num_seqs, seq_len, vocab_size, seed=0):
+    """num_seqs windows of seq_len tokens at distinct random places of the file path (a val.bin), in file
+    order, "10 sampled sequences" of appendix A.1: seeded, so every checkpoint sees the same. The ids are
+    read in the dtype of the meta.pkl beside it."""
     if not os.path.exists(path):
         raise ConfigError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
     data = read_tokens(os.path.dirname(path), "val")
-    if len(data) < seq_len:
-        raise ConfigError(f"{path} has {len(data)} tokens, fewer than --seq_len={seq_len}")
-    starts = np.linspace(0, len(data) - seq_len, num_seqs).astype(np.int64)
+    if len(data) - seq_len + 1 < num_seqs:
+        raise ConfigError(f"{path} has {len(data)} tokens, too few for --num_seqs={num_seqs} windows of "
+                          f"--seq_len={seq_len}")
+    starts = np.sort(np.random.default_rng(seed).choice(len(data) - seq_len + 1, size=num_seqs, replace=False))
     x = torch.from_numpy(np.stack([data[s:s + seq_len].astype(np.int64) for s in starts]))
     if x.max() >= vocab_size:
         raise ConfigError(f"{path} holds token id {int(x.max())} but the model's vocab_size is {vocab_size}: "
@@ -124,12 +131,33 @@ def read_metrics(path):
     return read_jsonl(path) if os.path.exists(path) else []
 
 
+def run_labels(configs, seeds, run_dirs):
+    """Names of the runs in words: the variant and its ablations ("affine, N = prefix", "affine, phi =
+    sigmoid"); runs of the same name told apart by their seed, else by their folder."""
+    labels = []
+    for config in configs:
+        label = config.attn
+        if config.attn.startswith("affine"):
+            label += f", N = {config.affine_n}" if config.affine_n != "context" else ""
+            label += f", phi = {config.phi}" if config.phi != "linear_clip" else ""
+        labels.append(label)
+    labels = [f"{label}, seed {seed}" if labels.count(label) > 1 else label for label, seed in zip(labels, seeds)]
+    return [f"{label} ({os.path.basename(os.path.abspath(d))})" if labels.count(label) > 1 else label
+            for label, d in zip(labels, run_dirs)]
+
+
 def smooth(iters, values, window=20):
     """A moving mean over window logged rows (the first window - 1 rows dropped): a per-step loss is too noisy
     to tell variants apart by eye."""
     if len(values) < window:
         return iters, values
     return iters[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def late_phase(iters, values):
+    """The points of the last LATE (2/9) of the steps, as Fig. 10 shows steps 7k-9k of 9k."""
+    keep = iters >= iters[-1] * (1 - LATE)
+    return iters[keep], values[keep]
 
 
 def curve(rows, key):
@@ -179,7 +207,7 @@ def summarize(name, ckpt, config, stats, rows, data_path, early_steps):
     n, L, T = stats["per_query"].shape
     affine = stats["alpha"] is not None
     it = f", iter {ckpt['iter_num']}" if "iter_num" in ckpt else ""
-    out = [f"== {name}: attn={config.attn}" + (f" (affine_n={config.affine_n})" if affine else "") +
+    out = [f"== {name}: attn={config.attn}" + (f" (affine_n={config.affine_n}, phi={config.phi})" if affine else "") +
            f", n_layer={L} n_head={config.n_head} n_embd={config.n_embd}{it}; {n} sequences x {T} tokens of {data_path}"]
     head_line = f"{'layer':>5}  {'first_tok':>9}  {'query_mass':>10} {'min':>7} {'max':>7}  {'entropy':>7}"
     out.append(head_line + (f"  {'alpha':>6} {'(std)':>7}  alpha_ma per head" if affine else ""))
@@ -224,8 +252,12 @@ def summarize(name, ckpt, config, stats, rows, data_path, early_steps):
 # figures
 
 
+LOSS_LABELS = {"soft_ce": "KD loss: soft-target cross-entropy", "kd": "KD loss: KL divergence", "loss": "training loss"}
+
+
 def plot(runs, plot_dir):
-    """One figure per statistic, every checkpoint in it. runs: list of (label, stats, rows)."""
+    """One figure per statistic, every checkpoint in it, the paper's figure number in its title; and phi's two
+    shapes (Fig. 11). runs: list of (label, stats, rows)."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no display needed
@@ -238,73 +270,95 @@ def plot(runs, plot_dir):
     written = []
 
     def save(fig, name):
-        fig.tight_layout()
         path = os.path.join(plot_dir, name)
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=90, bbox_inches="tight")  # tight: no label or title is cut off
         plt.close(fig)
         written.append(path)
 
-    for key, name, ylabel in (("first", "first_token.png", "attention on the first token"),
-                              ("entropy", "entropy.png", "attention entropy (nats)")):
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for label, stats, _ in runs:
-            per_layer = stats[key].nanmean(dim=1).numpy()
-            ax.plot(range(len(per_layer)), per_layer, marker="o", label=label)
-        ax.set(xlabel="layer", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend()
-        save(fig, name)
+    def lines(title, xlabel, ylabel, curves, integer_x=False):
+        """A line per run, the legend beside the axes, where it covers no data."""
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for label, (x, y) in curves:
+            ax.plot(x, y, label=label, linewidth=1, marker="o" if integer_x else None, markersize=3)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+        return fig
 
-    n = len(runs)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False, sharex=True)
+    def panels(title):
+        """One panel per run, at most 3 in a row, so that each stays large enough to read."""
+        cols = min(len(runs), 3)
+        rows = -(-len(runs) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False, layout="constrained")
+        for ax in axes.flat[len(runs):]:
+            ax.set_visible(False)
+        fig.suptitle(title)
+        return fig, axes.flat[:len(runs)]
+
+    for key, name, title, ylabel in (("first", "first_token.png", "Fig. 4: attention on the first token",
+                                      "attention weight"),
+                                     ("entropy", "entropy.png", "Fig. 6: attention entropy", "entropy (nats)")):
+        curves = [(label, (range(stats[key].shape[0]), stats[key].nanmean(dim=1).numpy())) for label, stats, _ in runs]
+        save(lines(title + ", per layer", "layer", ylabel, curves, integer_x=True), name)
+
+    fig, axes = panels("Fig. 3: attention mass per query (heads averaged, all layers)\n"
+                       "dashed: mean, dotted: median")
     # one x range for all, at least [0, 1]: softmax's masses, all 1 up to rounding, have no range of their own
     values = [stats["per_query"].flatten().double().numpy() for _, stats, _ in runs]
     span = (min(0.0, *(v.min() for v in values)), max(1.0, *(v.max() for v in values)))
-    for ax, (label, _, _), v in zip(axes[0], runs, values):
+    for ax, (label, _, _), v in zip(axes, runs, values):
         ax.hist(v, bins=50, range=span)
-        ax.axvline(v.mean(), color="k", linestyle="--", label=f"mean {v.mean():.3f}")
-        ax.axvline(np.median(v), color="r", linestyle=":", label=f"median {np.median(v):.3f}")
-        ax.set(title=label, xlabel="attention mass per query")
-        ax.legend(fontsize=7)
+        ax.axvline(v.mean(), color="k", linestyle="--")
+        ax.axvline(np.median(v), color="r", linestyle=":")
+        ax.set(title=f"{label}\nmean {v.mean():.3f}, median {np.median(v):.3f}", xlabel="attention mass",
+               ylabel="queries")
     save(fig, "query_mass.png")
 
-    for key, name, xlabel, ylabel in (("headwise", "headwise.png", "head", "layer"), ("heat", "heatmap.png", "key", "query")):
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False)
-        for ax, (label, stats, _) in zip(axes[0], runs):
-            im = ax.imshow(stats[key].numpy(), vmin=0, vmax=1 if key == "headwise" else None, cmap="viridis")
-            about = f"mass {stats['mass'].min():.3f}..{stats['mass'].max():.3f}" if key == "headwise" else stats["heat_of"]
-            ax.set(title=f"{label}\n{about}", xlabel=xlabel, ylabel=ylabel)
+    heat_of = sorted({stats["heat_of"] for _, stats, _ in runs})
+    # query 0 sees only itself (weight 1 in softmax): the colours stop at the largest weight of the later queries
+    top = max(float(stats["heat"][1:].max()) for _, stats, _ in runs)
+    for key, name, title, xlabel, ylabel, vmax in (
+            ("headwise", "headwise.png", "Fig. 5: total attention mass per head, min-max normalised per model",
+             "head", "layer", 1.0),
+            ("heat", "heatmap.png", f"Fig. 9: attention weights of the first tokens ({', '.join(heat_of)})\n"
+             f"one colour scale, up to the largest weight of queries 1 and later", "key", "query", top)):
+        fig, axes = panels(title)
+        for ax, (label, stats, _) in zip(axes, runs):
+            # one colour scale for every panel, so that the panels compare
+            im = ax.imshow(stats[key].numpy(), vmin=0, vmax=vmax, cmap="viridis")
+            about = f"\nraw mass {stats['mass'].min():.3f}..{stats['mass'].max():.3f}" if key == "headwise" else ""
+            ax.set(title=label + about, xlabel=xlabel, ylabel=ylabel)
             for axis in (ax.xaxis, ax.yaxis):
                 axis.set_major_locator(MaxNLocator(integer=True))  # layers, heads and tokens are whole numbers
             if stats[key].isnan().all():
                 ax.text(0.5, 0.5, "the same mass\nin every head", ha="center", va="center", transform=ax.transAxes)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.colorbar(im, ax=list(axes), shrink=0.6, label="normalised mass" if key == "headwise" else "weight")
         save(fig, name)
 
-    # Fig. 7: the training loss, the KD loss when distilling (the paper's "Loss"); Fig. 10: its last 20% of steps
-    key = "kd" if all(any("kd" in r for r in rows) for _, _, rows in runs) else "loss"
+    # Fig. 7: the training loss, the KD loss when distilling (the paper's "Loss"); Fig. 10: its last 2/9
+    logged = [k for k in ("soft_ce", "kd") if all(any(k in r for r in rows) for _, _, rows in runs)]
+    key = (logged + ["loss"])[0]
     curves = [(label, smooth(*curve(rows, key))) for label, _, rows in runs]
     if all(len(values) for _, (_, values) in curves):
-        for name, tail in (("train_loss.png", 1.0), ("train_loss_end.png", 0.2)):
-            fig, ax = plt.subplots(figsize=(4.5, 3.2))
-            for label, (iters, values) in curves:
-                keep = iters >= iters[-1] * (1 - tail)
-                ax.plot(iters[keep], values[keep], label=label, linewidth=1)
-            ax.set(xlabel="iteration", ylabel=f"training {'KD' if key == 'kd' else 'CE'} loss (moving mean of 20 rows)",
-                   title="last 20% of the steps" if tail < 1 else None)
-            ax.legend()
-            save(fig, name)
+        save(lines("Fig. 7: training loss (moving mean of 20 logged rows)", "iteration", LOSS_LABELS[key], curves),
+             "train_loss.png")
+        late = [(label, late_phase(x, y)) for label, (x, y) in curves]
+        save(lines("Fig. 10: the last 2/9 of training (the paper's steps 7k-9k of 9k)", "iteration",
+                   LOSS_LABELS[key], late), "train_loss_end.png")
 
-    for key, name in (("logit_mag", "logit_mag.png"), ("grad_norm", "grad_norm.png")):
+    for key, name, title, ylabel in (("logit_mag", "logit_mag.png", "Fig. 2: attention logits over training",
+                                      "mean |attention logit|"),
+                                     ("grad_norm", "grad_norm.png", "Fig. 8: gradient norm over training",
+                                      "gradient norm (before clipping)")):
         curves = [(label, curve(rows, key)) for label, _, rows in runs]
-        if not any(len(values) for _, (_, values) in curves):
-            continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for label, (iters, values) in curves:
-            ax.plot(iters, values, label=label, linewidth=1)
-        ax.set(xlabel="iteration", ylabel=key)
-        ax.legend()
-        save(fig, name)
+        if any(len(values) for _, (_, values) in curves):
+            save(lines(title, "iteration", ylabel, curves), name)
+
+    x = torch.linspace(-10, 10, 401)
+    save(lines("Fig. 11: phi, the activation of alpha (Eq. 7)", "x", "phi(x)",
+               [("linear clipping (Eq. 11)", (x, linear_clipping(x))), ("sigmoid (Eq. 10)", (x, torch.sigmoid(x)))]),
+         "phi.png")
     return written
 
 
@@ -316,7 +370,8 @@ def main(argv=None):
     p.add_argument("--ckpt", action="append", required=True, help="a train.py out_dir or checkpoint file; repeat to compare")
     p.add_argument("--data_dir", help="folder holding val.bin (default: the run's, as train.py: data_dir or data/<dataset>)")
     p.add_argument("--num_seqs", type=int, default=10, help="validation sequences (default: 10, as the paper)")
-    p.add_argument("--seq_len", type=int, help="tokens per sequence (default: the model's block_size)")
+    p.add_argument("--seq_len", type=int, help="tokens per sequence (default: min(1024, block_size), as the paper's 1k)")
+    p.add_argument("--seed", type=int, default=0, help="where the sequences are taken from val.bin (default: 0)")
     p.add_argument("--layer", type=int, help="layer of the heatmap, from 0 (default: the paper's relative depth, "
                    "its layer 8 of 16: n_layer // 2 - 1)")
     p.add_argument("--head", type=int, help="head of the heatmap (default: the mean over heads, as the paper)")
@@ -337,7 +392,7 @@ def main(argv=None):
             p.error(f"--ckpt={path} is not a train.py checkpoint")
         model.eval()
         cfg = model.config
-        seq_len = args.seq_len or cfg.block_size
+        seq_len = args.seq_len or min(1024, cfg.block_size)
         if not 1 <= seq_len <= cfg.block_size:
             p.error(f"--seq_len={seq_len}: {path} takes 1..{cfg.block_size} (its block_size)")
         layer = max(cfg.n_layer // 2 - 1, 0) if args.layer is None else args.layer
@@ -349,14 +404,13 @@ def main(argv=None):
         if not data_dir and "dataset" not in ckpt["config"]:
             p.error(f"{path} names no dataset in its config: pass --data_dir")
         data_path = os.path.join(data_dir or os.path.join(DATA_ROOT, ckpt["config"]["dataset"]), "val.bin")
-        x = val_sequences(data_path, args.num_seqs, seq_len, cfg.vocab_size).to(args.device)
+        x = val_sequences(data_path, args.num_seqs, seq_len, cfg.vocab_size, args.seed).to(args.device)
         stats = attention_stats(model, x, layer, args.head)
         rows = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
         summaries.append(summarize(path, ckpt, cfg, stats, rows, data_path, args.early_steps))
-        runs.append((cfg.attn, stats, rows))
-    labels = [label for label, _, _ in runs]
-    runs = [(f"{label} ({run_dir})" if labels.count(label) > 1 else label, stats, rows)
-            for (label, stats, rows), run_dir in zip(runs, run_dirs)]
+        runs.append((cfg, stats, rows, ckpt["config"].get("seed")))
+    labels = run_labels([r[0] for r in runs], [r[3] for r in runs], run_dirs)
+    runs = [(label, stats, rows) for label, (_, stats, rows, _) in zip(labels, runs)]
     summary = "\n\n".join(summaries)
     print(summary)
     written = plot(runs, plot_dir)

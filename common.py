@@ -45,13 +45,14 @@ class ConfigError(ValueError):
 
 
 def check_types(cfg):
-    """Every field of the dataclass cfg must have its default's type; an int is taken for a float."""
+    """Every field of the dataclass cfg must have its default's type; an int is taken for a float. A field
+    whose default is None (rope_scaling) takes None or its annotation's type (dict)."""
     for f in dataclasses.fields(cfg):
-        value, want = getattr(cfg, f.name), type(f.default)
+        value, want = getattr(cfg, f.name), type(f.default) if f.default is not None else f.type
         if want is float and type(value) is int:
             setattr(cfg, f.name, float(value))
-        elif type(value) is not want:
-            need = {bool: "True or False", int: "an integer", float: "a number", str: "a string"}[want]
+        elif type(value) is not want and not (f.default is None and value is None):
+            need = {bool: "True or False", int: "an integer", float: "a number", str: "a string", dict: "a dict or None"}[want]
             raise ConfigError(f"{f.name}={value!r} must be {need} (got {type(value).__name__})")
 
 

@@ -83,6 +83,10 @@ class GPTConfig:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
         if not 0.0 <= self.affine_momentum <= 1.0:
             raise ValueError(f"affine_momentum={self.affine_momentum!r} must be in [0, 1] (rho of Eq. 9)")
+        if self.rope_scaling is not None:
+            if self.pos != "rope":
+                raise ValueError(f"rope_scaling is set but pos={self.pos!r}: it rescales RoPE's frequencies (pos='rope')")
+            rope_frequencies(self)  # a scaling it cannot compute fails here, not at the first forward
 
 
 def linear_clipping(x):
@@ -103,8 +107,10 @@ def rope_frequencies(config):
         return inv_freq
     if scaling.get("rope_type", scaling.get("type")) != "llama3":
         raise ValueError(f"rope_scaling={scaling!r}: only LLaMA-3's ('rope_type': 'llama3') is implemented")
-    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-    old_len = scaling["original_max_position_embeddings"]
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if any(k not in scaling for k in keys):
+        raise ValueError(f"rope_scaling={scaling!r} lacks some of LLaMA-3's keys: {', '.join(keys)}")
+    factor, low, high, old_len = (scaling[k] for k in keys)
     wavelen = 2 * math.pi / inv_freq
     smooth = ((old_len / wavelen - low) / (high - low)).clamp(0.0, 1.0)  # 0: stretch fully, 1: keep
     return (1 - smooth) * inv_freq / factor + smooth * inv_freq

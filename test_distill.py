@@ -2,9 +2,11 @@
 Everything offline: a tiny random LLaMA and a byte-level BPE trained on the embedded corpus, made here."""
 
 import copy
+import dataclasses
 import importlib.util
 import os
 import pickle
+import re
 import shutil
 import sys
 
@@ -15,9 +17,10 @@ from torch.nn import functional as F
 
 import common
 import train as train_module
-from common import ConfigError, describe_tokenizer, find_data, get_tokenizer, load_teacher, tokenizer_of, write_data
+from common import (ConfigError, describe_tokenizer, find_data, get_tokenizer, load_config, load_teacher, tokenizer_of,
+                    write_data)
 from compare import read_metrics
-from model import GPT, GPTConfig
+from model import GPT, PAPER_SHAPES, GPTConfig, rope_frequencies
 from sample import SampleConfig, sample
 from train import TrainConfig, forward_loss, get_batch, train
 
@@ -510,3 +513,51 @@ def test_bench_measures_the_loss_memory_against_loss_chunk(capsys):
     # unchunked: about 7 fp32 tensors of 128 x 2000 logits (1 MiB each); in chunks of 16 tokens an eighth of that
     assert rows[0]["peak_mib"] > 5 and rows[1]["peak_mib"] < 0.5 * rows[0]["peak_mib"]
     assert "loss_chunk   peak MiB" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# the paper's three runs build the published students
+
+
+@pytest.mark.parametrize("config, name", [("kd_paper_qwen1.5_0.5b.py", "Qwen1.5-0.5B"),
+                                          ("kd_paper_llama3.2_1b.py", "LLaMA-3.2-1B"),
+                                          ("kd_paper_llama3.2_3b.py", "LLaMA-3.2-3B")])
+def test_the_paper_configs_build_the_published_students(config, name):
+    """Appendix B.1: the students have the architecture of the published models, RoPE scaling included;
+    only block_size (the paper's sequence length, not the models' positions) and the attention differ."""
+    cfg = load_config([os.path.join(REPO, "config", config)], TrainConfig)
+    published = GPTConfig(**PAPER_SHAPES[name])
+    student = cfg.gpt_config(published.vocab_size)
+    assert (cfg.block_size, cfg.attn, cfg.sampling) == (2048, "affine", "epoch")
+    assert dataclasses.replace(student, block_size=published.block_size, attn="softmax") == published
+    with torch.device("meta"):
+        built, reference = GPT(student), GPT(dataclasses.replace(published, attn="affine"))
+    assert {k: v.shape for k, v in built.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
+    # samples per step and steps: the paper's 1024 x 2048 tokens x 9000
+    assert (cfg.batch_size * cfg.gradient_accumulation_steps, cfg.max_iters) == (1024, 9000)
+
+
+def test_llama3_rope_scaling_acts_within_2048_positions():
+    """LLaMA-3's scaling is no long-context detail: on a 64-wide head it changes 17 of the 32 frequencies,
+    14 of them divided by the factor 32; at position 2047 frequency 15 turns 2.64 rad instead of 4.36."""
+    student = GPTConfig(**PAPER_SHAPES["LLaMA-3.2-1B"])
+    scaled, plain = rope_frequencies(student), rope_frequencies(dataclasses.replace(student, rope_scaling=None))
+    assert (student.n_embd // student.n_head, len(plain)) == (64, 32)
+    assert (scaled != plain).nonzero().flatten().tolist() == list(range(15, 32))
+    assert torch.isclose(scaled * 32, plain).sum() == 14
+    assert (round(2047 * plain[15].item(), 2), round(2047 * scaled[15].item(), 2)) == (4.36, 2.64)
+
+
+def test_rope_scaling_is_a_setting_a_resume_compares(tmp_path):
+    from test_model import make_char_data, tiny
+
+    rope = {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8}
+    assert load_config(["--pos=rope", f"--rope_scaling={rope}"], TrainConfig).rope_scaling == rope
+    assert load_config(["--pos=rope", f"--rope_scaling={rope}", "--rope_scaling=None"], TrainConfig).rope_scaling is None
+    data = make_char_data(tmp_path / "data")
+    train(tiny(tmp_path, data=data, max_iters=2, pos="rope", rope_scaling=rope))
+    assert torch.load(tmp_path / "out" / "ckpt.pt")["model_args"]["rope_scaling"] == rope
+    with pytest.raises(ConfigError, match=re.escape(f"differ: rope_scaling={rope!r} there, None now")):
+        train(tiny(tmp_path, data=data, max_iters=4, pos="rope", init_from="resume"))

@@ -1092,6 +1092,71 @@ def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
         analyze.main(["--ckpt", str(path), "--data_dir", str(tmp_path / "nowhere")])
 
 
+def test_analysis_sequences_are_ten_seeded_random_windows_of_at_most_1024_tokens(tmp_path, capsys):
+    """Appendix A.1: 10 sampled sequences of 1k tokens; the same for every checkpoint, other ones for another seed."""
+    path = make_run(tmp_path, "softmax", T=1100)
+    val = np.random.default_rng(1).integers(0, 50, 5000).astype(np.uint16)
+    val.tofile(tmp_path / "tiny" / "val.bin")
+    x = analyze.val_sequences(str(tmp_path / "tiny" / "val.bin"), 10, 1024, 50)
+    starts = [int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(val, 1024) == row.numpy()).all(1))[0])
+              for row in x]
+    assert x.shape == (10, 1024) and starts == sorted(set(starts)) and len(set(starts)) == 10
+    assert torch.equal(x, analyze.val_sequences(str(tmp_path / "tiny" / "val.bin"), 10, 1024, 50, seed=0))
+    assert not torch.equal(x, analyze.val_sequences(str(tmp_path / "tiny" / "val.bin"), 10, 1024, 50, seed=1))
+    with pytest.raises(ConfigError, match="val.bin has 5000 tokens, too few for --num_seqs=10 windows of --seq_len=4996"):
+        analyze.val_sequences(str(tmp_path / "tiny" / "val.bin"), 10, 4996, 50)
+    summary = analyze.main(["--ckpt", str(path), "--data_dir", str(tmp_path / "tiny")])
+    assert "10 sequences x 1024 tokens of" in summary  # min(1024, block_size=1100)
+    (tmp_path / "short").mkdir()
+    assert "10 sequences x 24 tokens of" in analyze.main(["--ckpt", str(make_run(tmp_path / "short", "softmax")),
+                                                          "--data_dir", str(tmp_path / "tiny")])
+
+
+def test_fig_10_is_the_last_two_ninths_of_training():
+    iters = np.arange(0, 9001, 10)
+    late, values = analyze.late_phase(iters, iters * 2.0)
+    assert (late[0], late[-1], values[0]) == (7000, 9000, 14000.0)
+
+
+def test_runs_are_named_in_words():
+    runs = [GPTConfig(attn="affine"), GPTConfig(attn="affine", affine_n="prefix"), GPTConfig(attn="affine", phi="sigmoid"),
+            GPTConfig(attn="affine_gated", affine_n="prefix"), GPTConfig(), GPTConfig()]
+    dirs = ["out/affine-s1", "out/affine-affine_nprefix-s1", "out/affine-phisigmoid-s1", "a", "out/softmax-s1", "out/softmax-s2"]
+    assert analyze.run_labels(runs, [1, 1, 1, 1, 1, 2], dirs) == [
+        "affine", "affine, N = prefix", "affine, phi = sigmoid", "affine_gated, N = prefix", "softmax, seed 1", "softmax, seed 2"]
+    assert analyze.run_labels([GPTConfig()] * 2, [1, 1], ["x/lr1e-3", "x/lr3e-3"]) == ["softmax, seed 1 (lr1e-3)",
+                                                                                       "softmax, seed 1 (lr3e-3)"]
+
+
+def test_every_figure_names_its_paper_figure_in_words_with_one_colour_scale(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    figures = {}
+    savefig = matplotlib.figure.Figure.savefig
+
+    def record(fig, path, **kw):
+        axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+        figures[os.path.basename(path)] = dict(
+            title=fig._suptitle.get_text() if fig._suptitle else axes[0].get_title(), kw=kw,
+            labels=[t for ax in axes for t in (ax.get_xlabel(), ax.get_ylabel())],
+            legends=[ax.get_legend() for ax in axes if ax.get_legend()],
+            clims={im.get_clim() for ax in axes for im in ax.get_images()})
+        savefig(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    ckpts = [make_run(tmp_path, attn) for attn in ("softmax", "sink", "affine")]
+    analyze.main([a for path in ckpts for a in ("--ckpt", str(path))] +
+                 ["--data_dir", str(tmp_path / "tiny"), "--num_seqs", "3", "--plot_dir", str(tmp_path / "figs")])
+    numbers = {"logit_mag.png": 2, "query_mass.png": 3, "first_token.png": 4, "headwise.png": 5, "entropy.png": 6,
+               "train_loss.png": 7, "grad_norm.png": 8, "heatmap.png": 9, "train_loss_end.png": 10, "phi.png": 11}
+    assert {name: int(f["title"].split(":")[0].removeprefix("Fig. ")) for name, f in figures.items()} == numbers
+    assert all(f["kw"].get("bbox_inches") == "tight" for f in figures.values())  # nothing cut off at the edges
+    assert not any("_" in label for f in figures.values() for label in f["labels"])  # words, not grad_norm
+    for f in figures.values():  # a legend sits outside the axes, where it covers no data
+        assert all(legend.get_bbox_to_anchor().x0 > legend.axes.get_window_extent().x1 for legend in f["legends"])
+    assert len(figures["heatmap.png"]["clims"]) == len(figures["headwise.png"]["clims"]) == 1
+    assert figures["train_loss_end.png"]["title"] == "Fig. 10: the last 2/9 of training (the paper's steps 7k-9k of 9k)"
+
+
 def test_bench_table_has_a_row_per_variant_and_mode(capsys):
     records = bench.main(["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=1",
                           "--seq_lens=8", "--warmup=0", "--iters=1", "--no-compile"])

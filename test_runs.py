@@ -160,6 +160,7 @@ def test_sample_and_analyze_load_the_best_checkpoint(tmp_path, monkeypatch, caps
     (dict(n_layer=3), "n_layer=2 there, 3 now"),
     (dict(attn="affine", dropout=0.1), "dropout=0.0 there, 0.1 now; attn='softmax' there, 'affine' now"),
     (dict(dataset="fineweb_edu"), "dataset='shakespeare_char' there, 'fineweb_edu' now"),
+    (dict(sampling="epoch"), "sampling='random' there, 'epoch' now"),
 ])
 def test_a_resume_with_other_settings_is_an_error_naming_both_values(tmp_path, change, message):
     data = make_char_data(tmp_path / "data")
@@ -355,6 +356,12 @@ def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys):
     (TrainConfig, ["--kd_temperature=0"], "kd_temperature=0.0 must be positive"),
     (TrainConfig, ["--decay_frac=1.5"], "decay_frac=1.5 must be in \\(0, 1\\]"),
     (TrainConfig, ["--affine_momentum=2"], "affine_momentum=2.0 must be in \\[0, 1\\]"),
+    (TrainConfig, ["--seed=-1"], "seed=-1 must not be negative"),
+    (TrainConfig, ["--sampling=sequential"], "unknown sampling='sequential'; allowed: random, epoch"),
+    (TrainConfig, ["--rope_scaling=yes"], "rope_scaling='yes' must be a dict or None \\(got str\\)"),
+    (TrainConfig, ["--rope_scaling={'rope_type': 'llama3'}"], "rope_scaling is set but pos='learned': it rescales RoPE"),
+    (TrainConfig, ["--pos=rope", "--rope_scaling={'rope_type': 'llama3'}"], "rope_scaling=\\{'rope_type': 'llama3'\\} "
+                                                                           "lacks some of LLaMA-3's keys: factor, "),
     (SampleConfig, ["--temperature=0"], "temperature=0.0 must be positive"),
     (SampleConfig, ["--top_k=-1"], "top_k=-1 must be 0 \\(off\\) or positive"),
     (SampleConfig, ["--max_new_tokens=0"], "max_new_tokens=0 must be at least 1"),
@@ -470,3 +477,57 @@ def test_a_directory_that_is_no_usable_hugging_face_model_is_one_clear_error(tmp
     (tmp_path / "weightless" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))  # no weights
     with pytest.raises(ConfigError, match=f"teacher='{tmp_path / 'weightless'}' could not be loaded as a Hugging Face model: OSError: "):
         load_model(str(tmp_path / "weightless"), setting="teacher")
+
+
+# --------------------------------------------------------------------------------------------------
+# sampling="epoch": every window once per epoch (appendix B.1's "1 epoch"), resumable mid-epoch
+
+
+def test_an_epoch_visits_every_window_once_in_one_process_and_across_ranks():
+    n_tokens, block = 10 * 16 + 1, 16  # ten windows of 17 tokens at multiples of 16
+    one = train_module.EpochSampler(n_tokens, block, seed=3)
+    first, second = one.next_starts(10).tolist(), one.next_starts(10).tolist()
+    assert sorted(first) == sorted(second) == list(range(0, 160, 16)) and first != second  # a new order each epoch
+    ranks = [train_module.EpochSampler(n_tokens, block, seed=3, rank=r, world=2) for r in range(2)]
+    parts = [r.next_starts(5).tolist() for r in ranks]
+    assert sorted(parts[0] + parts[1]) == list(range(0, 160, 16)) and not set(parts[0]) & set(parts[1])
+    assert [r.epochs_done() for r in ranks] == [1.0, 1.0]
+    odd = train_module.EpochSampler(11 * 16 + 1, block, seed=3, world=2)  # 11 windows: one left out each epoch
+    assert odd.per_rank == 5 and len(set(odd.next_starts(5).tolist())) == 5
+
+
+def test_a_batch_may_cross_an_epoch_and_a_restored_state_continues_it():
+    sampler = train_module.EpochSampler(6 * 8 + 1, 8, seed=0)
+    first = sampler.next_starts(4).tolist()
+    state = sampler.get_state()
+    rest = [sampler.next_starts(4).tolist() for _ in range(2)]  # the first of these finishes epoch 0
+    assert state == {"epoch": 0, "taken": 4, "windows": 6} and sampler.epochs_done() == 2.0
+    assert sorted(first + rest[0][:2]) == sorted(rest[0][2:] + rest[1]) == list(range(0, 48, 8))
+    again = train_module.EpochSampler(6 * 8 + 1, 8, seed=0)
+    again.set_state(state)
+    assert [again.next_starts(4).tolist() for _ in range(2)] == rest
+    with pytest.raises(ConfigError, match="the checkpoint's epochs are of 6 windows of train.bin, which now has 5: "):
+        train_module.EpochSampler(5 * 8 + 1, 8, seed=0).set_state(state)
+
+
+def test_a_resume_mid_epoch_draws_the_batches_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = make_char_data(tmp_path / "data")  # 2160 training tokens: 134 windows of 16, 33 batches of 4 an epoch
+    batches = []
+    original = train_module.get_batch
+
+    def record(data_dir, split, batch_size, block_size, sampler, *args):
+        x, y = original(data_dir, split, batch_size, block_size, sampler, *args)
+        if isinstance(sampler, train_module.EpochSampler):  # training batches, not the evaluation's
+            batches.append(x.clone())
+        return x, y
+
+    monkeypatch.setattr(train_module, "get_batch", record)
+    kw = dict(sampling="epoch", max_iters=40, eval_interval=20, lr_decay_iters=40)
+    train(tiny(tmp_path, "whole", data, **kw))
+    whole, batches[:] = batches[:], []
+    train(tiny(tmp_path, "halves", data, **{**kw, "max_iters": 20}))
+    train(tiny(tmp_path, "halves", data, **kw, init_from="resume"))
+    assert len(batches) == len(whole) == 40 and all(torch.equal(a, b) for a, b in zip(whole, batches))
+    rows = [r for r in read_jsonl(tmp_path / "halves" / "metrics.jsonl") if "epoch" in r]
+    assert [r["epoch"] for r in rows[:2]] == [4 / 134, 8 / 134] and rows[-1]["epoch"] == pytest.approx(160 / 134)
+    assert same_weights(weights(tmp_path / "whole" / "ckpt.pt"), weights(tmp_path / "halves" / "ckpt.pt"))

@@ -16,7 +16,8 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
   out_dir/metrics.jsonl  one JSON object per logged step:
   every log_interval iters  iter, lr, loss, ce (and when distilling kd, the KL, and but for kd_reverse
                             soft_ce, the soft-target cross-entropy: see forward_loss), grad_norm (before
-                            clipping), tokens_per_s and dt_ms (training alone: evaluation and logging left out);
+                            clipping), tokens_per_s and dt_ms (training alone: evaluation and logging left out),
+                            and with sampling="epoch" epoch (epochs completed: 0.5 is half the first);
                             loss, ce, kd, soft_ce and dt_ms are means over the iterations since the previous row
   every stats_interval iters the log row also has logit_mag (the paper's Fig. 2: mean |pre-softmax logit|
                             over the causally visible entries of every layer and head) and, for the affine
@@ -52,8 +53,8 @@ from common import (CheckpointError, ConfigError, check_choice, check_device, ch
 from model import GPT, GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
-                "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn", "fused", "phi",
-                "affine_momentum", "affine_n")
+                "rope_theta", "rope_scaling", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn",
+                "fused", "phi", "affine_momentum", "affine_n")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -76,6 +77,7 @@ class TrainConfig:
     # data
     dataset: str = "shakespeare_char"
     data_dir: str = ""  # folder with train.bin, val.bin and maybe meta.pkl; "" is data/<dataset>
+    sampling: str = "random"  # training windows: "random" (with replacement) or "epoch" (each once per epoch, shuffled)
     gradient_accumulation_steps: int = 1  # micro-steps per iteration, all DDP ranks together
     batch_size: int = 12  # sequences per micro-step and rank
     block_size: int = 1024
@@ -89,6 +91,7 @@ class TrainConfig:
     qkv_bias: bool = False  # q, k, v biases even when bias=False (Qwen)
     pos: str = "learned"  # "learned" or "rope"
     rope_theta: float = 10000.0
+    rope_scaling: dict = None  # LLaMA-3's frequency scaling as its config.json gives it (model.PAPER_SHAPES), or None
     norm: str = "layernorm"  # or "rmsnorm"
     norm_eps: float = 1e-5
     mlp: str = "gelu"  # "gelu", "swiglu" or "relu2"
@@ -129,12 +132,13 @@ class TrainConfig:
         check_choice("init_from", self.init_from, ("scratch", "resume"))
         check_choice("loss", self.loss, ("ce", "kd"))
         check_choice("lr_schedule", self.lr_schedule, ("cosine", "wsd"))
+        check_choice("sampling", self.sampling, ("random", "epoch"))
         check_choice("dtype", self.dtype, ("float32", "bfloat16"))
         check_choice("device", self.device.split(":")[0], ("cpu", "cuda", "mps"))
         for name in ("eval_interval", "eval_iters", "log_interval", "stats_interval", "gradient_accumulation_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "loss_chunk"):
+        for name in ("seed", "max_iters", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "loss_chunk"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
         if self.learning_rate <= 0:
@@ -168,12 +172,67 @@ class TrainConfig:
             raise ConfigError(str(e)) from None
 
 
-def get_batch(data_dir, split, batch_size, block_size, generator, device, meta=None):
-    """batch_size random windows of block_size + 1 tokens, as inputs x and next-token targets y.
+class EpochSampler:
+    """The windows of block_size + 1 tokens that start at multiples of block_size (every token is an input
+    once; a window's last token, a target, is the next one's first), each once per epoch, as appendix B.1's
+    "1 epoch" means. Each epoch is a new permutation of all windows, seeded by (seed, epoch); rank r of
+    world takes every world-th window of it, so the ranks' parts are disjoint (the last windows % world of
+    an epoch's order are left out, so that every rank has as many). The state is (epoch, windows taken):
+    a resume continues exactly where the run was. The permutation holds 8 bytes per window while it is
+    made (74 MB for the paper's 9.2M windows; up to ~1e8 windows, 800 MB, is fine)."""
+
+    def __init__(self, n_tokens, block_size, seed, rank=0, world=1):
+        self.windows = (n_tokens - 1) // block_size
+        self.per_rank = self.windows // world
+        if self.per_rank == 0:
+            raise ConfigError(f"train.bin holds {self.windows} windows of block_size={block_size}, fewer than the "
+                              f"{world} ranks; sampling='epoch' needs more data or a smaller block_size")
+        self.block_size, self.seed, self.rank, self.world = block_size, seed, rank, world
+        self.epoch, self.taken = 0, 0
+        self._order = self._order_epoch = None
+
+    def order(self):
+        """This rank's windows of the current epoch, in their shuffled order."""
+        if self._order_epoch != self.epoch:
+            perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.windows)
+            self._order, self._order_epoch = perm[self.rank::self.world][:self.per_rank].copy(), self.epoch
+        return self._order
+
+    def next_starts(self, n):
+        """The first token of each of the next n windows; a batch may finish one epoch and begin the next."""
+        parts = []
+        while n:
+            if self.taken == self.per_rank:
+                self.epoch, self.taken = self.epoch + 1, 0
+            k = min(n, self.per_rank - self.taken)
+            parts.append(self.order()[self.taken:self.taken + k])
+            self.taken, n = self.taken + k, n - k
+        return np.concatenate(parts) * self.block_size
+
+    def epochs_done(self):
+        """Epochs completed, as a fraction: 0.5 is half way through the first."""
+        return self.epoch + self.taken / self.per_rank
+
+    def get_state(self):
+        return {"epoch": self.epoch, "taken": self.taken, "windows": self.windows}
+
+    def set_state(self, state):
+        if state.get("windows") != self.windows:
+            raise ConfigError(f"the checkpoint's epochs are of {state.get('windows')} windows of train.bin, which now "
+                              f"has {self.windows}: the data changed; resume on the run's data")
+        self.epoch, self.taken = state["epoch"], state["taken"]
+
+
+def get_batch(data_dir, split, batch_size, block_size, sampler, device, meta=None):
+    """batch_size windows of block_size + 1 tokens, as inputs x and next-token targets y. sampler: a
+    torch.Generator draws random windows (with replacement), an EpochSampler the next ones of its epoch.
     meta: the data's meta.pkl dict, which says how the ids are stored."""
     # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
     data = read_tokens(data_dir, split, meta)
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).numpy()
+    if isinstance(sampler, EpochSampler):
+        ix = sampler.next_starts(batch_size)
+    else:
+        ix = torch.randint(len(data) - block_size, (batch_size,), generator=sampler).numpy()
     xy = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
     if device.startswith("cuda"):
         xy = xy.pin_memory().to(device, non_blocking=True)  # the copy overlaps the work already queued
@@ -268,6 +327,8 @@ def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
     was = ckpt["config"]  # the settings as given: model_args resolves some (n_kv_head=0 is n_head)
     changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + ("dataset", "data_dir")
                if k != "fused" and was.get(k) != getattr(cfg, k)]
+    if was.get("sampling", "random") != cfg.sampling:  # checkpoints from before the setting drew random windows
+        changed.append(f"sampling={was.get('sampling', 'random')!r} there, {cfg.sampling!r} now")
     if changed:
         raise ConfigError(f"init_from='resume' continues {path}, but the settings differ: {'; '.join(changed)}. "
                           f"Resume with the run's settings (its config, without those overrides) or start a new out_dir")
@@ -368,7 +429,10 @@ def _train(cfg, device, ddp):
     vocab_size = meta["vocab_size"] if meta is not None else 50304  # the model's: GPT-2's padded, as in nanoGPT
 
     torch.manual_seed(cfg.seed + rank)  # different dropout on every rank; DDP copies rank 0's initial weights
-    sampler = torch.Generator().manual_seed(cfg.seed + rank)  # training batches, a different stream per rank
+    if cfg.sampling == "epoch":  # one shuffled order for all ranks, each rank its part
+        sampler = EpochSampler(len(read_tokens(data_dir, "train", meta)), cfg.block_size, cfg.seed, rank, world)
+    else:
+        sampler = torch.Generator().manual_seed(cfg.seed + rank)  # training batches, a different stream per rank
     iter_num, best_val_loss = 0, float("inf")
     ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     if cfg.init_from == "resume":
@@ -521,6 +585,8 @@ def _train(cfg, device, ddp):
                 row["kd"] = mean[2]
                 if not cfg.kd_reverse:
                     row["soft_ce"] = mean[3]
+            if cfg.sampling == "epoch":
+                row["epoch"] = sampler.epochs_done()
             row.update(grad_norm=grad_norm.item(), dt_ms=1e3 * train_s / len(values),
                        tokens_per_s=len(values) * accum * world * cfg.batch_size * cfg.block_size / train_s)
             if master and iter_num % cfg.stats_interval < cfg.log_interval:

@@ -8,7 +8,7 @@ and the datasets package:
     pip install datasets
     python data/fineweb_edu/prepare.py --num_tokens=100_000_000
     python data/fineweb_edu/prepare.py --tokenizer=Qwen/Qwen1.5-1.8B --out_dir=data/fineweb_edu_qwen1.5 \
-        --config=sample-100BT --num_tokens=19_000_000_000   # the paper's 9000 x 1024 x 2048 tokens
+        --config=sample-100BT --num_tokens=18_875_368_001   # 1M val, then the paper's 9000 x 1024 x 2048 (+1)
 
 --tokenizer is a tiktoken encoding (gpt2, cl100k_base, ...) or a Hugging Face tokenizer's hub name or
 local directory; distilling from a Hugging Face model needs data made with its tokenizer.
