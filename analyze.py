@@ -105,7 +105,7 @@ def series(g):
 
 def val_sequences(path, num_seqs, seq_len, vocab_size):
     """num_seqs windows of seq_len tokens, evenly spread over the file path (a val.bin), so every checkpoint
-    sees the same. The ids are read in the dtype of the meta.pkl beside it."""
+    sees the same. The ids are read in the dtype of the meta.json beside it."""
     if not os.path.exists(path):
         raise ConfigError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
     data = read_tokens(os.path.dirname(path), "val")
