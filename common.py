@@ -780,8 +780,8 @@ def find_model(name, setting):
         refuse_custom_code(name, setting, config_json, "config.json")
         model_type = config_json.get("model_type")
         if model_type is not None and model_type not in CONFIG_MAPPING:
-            raise ConfigError(f"{setting}={name!r} is a {model_type!r} model, which transformers does not implement: it "
-                              f"would need code shipped with the model, and such code is never run here")
+            raise ConfigError(f"{setting}={name!r} has model_type={model_type!r}, which transformers does not implement: "
+                              f"it would need code shipped with the model, and such code is never run here")
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except ConfigError:
         raise

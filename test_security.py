@@ -2,6 +2,7 @@
 legacy meta.pkl is read as plain data only), checkpoints load with weights_only=True, and a model or
 tokenizer that ships its own code is refused. The malicious files here would create a file if loaded."""
 
+import datetime
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,8 +98,7 @@ def test_the_scripts_refuse_malicious_files_without_running_them(files, case):
     argv, message = script_cases(files)[case]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == message
+    assert done.returncode == 1 and done.stderr.strip() == message  # one line, no traceback
     assert not files["marker"].exists()
 
 
@@ -128,8 +129,8 @@ def test_a_legacy_meta_pkl_of_plain_data_is_read(tmp_path, protocol):
 
 
 @pytest.mark.parametrize("content, refused", [
-    ({**CHAR_META, "when": __import__("datetime").date(2024, 1, 1)}, "it names datetime.date, which reading it would call"),
-    ({**CHAR_META, "vocab_size": __import__("numpy").int64(8)}, "it names numpy."),
+    ({**CHAR_META, "when": datetime.date(2024, 1, 1)}, "it names datetime.date, which reading it would call"),
+    ({**CHAR_META, "vocab_size": np.int64(8)}, "it names numpy."),
     ({**CHAR_META, "chars": set("ab")}, "it holds a dict with more than plain data"),
     ({**CHAR_META, "raw": b"ab"}, "it holds a dict with more than plain data"),
 ])
@@ -143,11 +144,11 @@ def test_the_restricted_unpickler_refuses_anything_but_plain_data(tmp_path, cont
     assert str(e.value).startswith(f"{folder}/meta.pkl is refused: {refused}")
 
 
-def test_meta_json_comes_before_a_meta_pkl(tmp_path, files):
+def test_meta_json_comes_before_a_meta_pkl(tmp_path):
     folder = make_char_data(tmp_path / "d")
     with open(os.path.join(folder, "meta.pkl"), "wb") as f:
-        pickle.dump({"note": Payload(files["marker"])}, f)
-    assert read_meta(folder) == CHAR_META and not files["marker"].exists()
+        pickle.dump({"note": Payload(tmp_path / "code_ran")}, f)
+    assert read_meta(folder) == CHAR_META and not (tmp_path / "code_ran").exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -206,7 +207,7 @@ def test_a_checkpoint_needing_code_is_refused_and_a_corrupt_one_told_apart(files
     good = open(os.path.join(files["run"], "ckpt.pt"), "rb").read()
     for name, content in (("cut.pt", good[:len(good) // 2]), ("text.pt", b"not a checkpoint")):
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(ConfigError, match=f"^{tmp_path / name} cannot be read, the file is corrupt or truncated "):
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(tmp_path / name))} cannot be read, the file is corrupt or truncated "):
             read_checkpoint(str(tmp_path / name))
 
 
@@ -239,7 +240,7 @@ def test_read_checkpoint_is_the_only_torch_load_and_remote_code_is_never_trusted
             loads += re.findall(r"torch\.load\([^\n]*", src)
             hf_loads += re.findall(r"Auto\w+\.from_pretrained\([^\n]*", src)
     assert loads == ['torch.load(path, map_location="cpu", weights_only=True)']
-    assert len(hf_loads) == 4 and all("trust_remote_code=False" in call for call in hf_loads)
+    assert hf_loads and all("trust_remote_code=False" in call for call in hf_loads)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,8 +281,8 @@ def test_a_model_that_ships_code_is_refused(tmp_path):
     unknown = hf_model_dir(tmp_path / "unknown", marker, model_type="evil")
     with pytest.raises(ConfigError) as e:
         load_model(unknown, "cpu")
-    assert str(e.value) == (f"init_from={unknown!r} is a 'evil' model, which transformers does not implement: it would "
-                            f"need code shipped with the model, and such code is never run here")
+    assert str(e.value) == (f"init_from={unknown!r} has model_type='evil', which transformers does not implement: it "
+                            f"would need code shipped with the model, and such code is never run here")
     assert not marker.exists()
 
 
