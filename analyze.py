@@ -111,7 +111,7 @@ def series(g):
 def val_sequences(path, num_seqs, seq_len, vocab_size, seed=0):
     """num_seqs windows of seq_len tokens at distinct random places of the file path (a val.bin), in file
     order, "10 sampled sequences" of appendix A.1: seeded, so every checkpoint sees the same. The ids are
-    read in the dtype of the meta.pkl beside it."""
+    read in the dtype of the meta.json beside it."""
     if not os.path.exists(path):
         raise ConfigError(f"no validation data at {path}: run the dataset's prepare.py or pass --data_dir")
     data = read_tokens(os.path.dirname(path), "val")

@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 DATA_ROOT = os.path.join(REPO, "data")
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_ENCODINGS = ("gpt2", "r50k_base")  # two tiktoken names for the same GPT-2 BPE token ids
-GPT2_VOCAB = 50257  # what data without meta.pkl is: GPT-2 BPE token ids, as in nanoGPT
+GPT2_VOCAB = 50257  # what data without metadata (meta.json) is: GPT-2 BPE token ids, as in nanoGPT
 
 
 class ConfigError(ValueError):
@@ -143,17 +143,20 @@ def load_config(argv, cls):
 
 
 # --------------------------------------------------------------------------------------------------
-# data: train.bin and val.bin of token ids, and meta.pkl saying what the ids mean and how they are stored
+# data: train.bin and val.bin of token ids, and meta.json saying what the ids mean and how they are stored.
+# JSON because reading it cannot run code: prepared data is shared, and a pickle runs whatever it names.
+
+META_DTYPES = ("uint16", "uint32")
 
 
 def bin_dtype(meta):
     """The numpy dtype of a data folder's .bin files: meta's "dtype", else uint16 (data prepared before
-    the dtype was recorded, or without meta.pkl, as in nanoGPT)."""
+    the dtype was recorded, or without metadata, as in nanoGPT)."""
     return np.dtype((meta or {}).get("dtype", "uint16"))
 
 
 def read_tokens(folder, split, meta=None):
-    """The token ids of folder/<split>.bin, as a read-only memmap in the dtype of folder's meta.pkl (pass
+    """The token ids of folder/<split>.bin, as a read-only memmap in the dtype of folder's metadata (pass
     meta when it is read already)."""
     return np.memmap(os.path.join(folder, f"{split}.bin"), dtype=bin_dtype(meta or read_meta(folder)), mode="r")
 
@@ -163,50 +166,143 @@ def vocab_of(meta):
     return meta["vocab_size"] if meta is not None else GPT2_VOCAB
 
 
+def meta_file(folder):
+    """folder's metadata: meta.json, else the meta.pkl of data prepared before it (or by nanoGPT); meta.json
+    when there is neither."""
+    path = os.path.join(folder, "meta.json")
+    legacy = os.path.join(folder, "meta.pkl")
+    return legacy if not os.path.isfile(path) and os.path.isfile(legacy) else path
+
+
+def prepare_again(folder):
+    """What rewrites folder's data and its metadata as meta.json."""
+    prepare = os.path.join(folder, "prepare.py")
+    if os.path.isfile(prepare):
+        return f"run python {os.path.relpath(prepare)} again"
+    return "prepare the data again with its data/*/prepare.py"
+
+
+class NotPlainData(pickle.UnpicklingError):
+    """A pickle that holds more than plain data."""
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Reads a pickle of plain data only. A pickle builds anything else by calling a class or function it
+    names, which is how a meta.pkl can run code; every name is refused, so nothing is ever called."""
+
+    def find_class(self, module, name):
+        raise NotPlainData(f"it names {module}.{name}, which reading it would call")
+
+
+def plain(value):
+    """Whether value is dicts, lists and tuples of strings, numbers, booleans and None, all the way down."""
+    if isinstance(value, dict):
+        return all(plain(k) and plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def load_legacy_meta(path):
+    """The dict in a meta.pkl of earlier data, read by PlainUnpickler: plain data, or refused."""
+    with open(path, "rb") as f:
+        meta = PlainUnpickler(f).load()
+    if not plain(meta):
+        raise NotPlainData(f"it holds a {type(meta).__name__} with more than plain data")
+    return meta
+
+
 def read_meta(folder):
-    """folder/meta.pkl's dict, or None if there is none (GPT-2 BPE data, as in nanoGPT)."""
-    path = os.path.join(folder, "meta.pkl")
+    """folder's metadata (meta.json, else a meta.pkl of earlier data, read as plain data only) as a dict,
+    checked by check_meta; None if there is none (GPT-2 BPE data, as in nanoGPT)."""
+    path = meta_file(folder)
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, "rb") as f:
-            meta = pickle.load(f)
-    except Exception as e:
-        raise ConfigError(f"{path} is not readable ({type(e).__name__}: {e}); prepare the data again") from None
-    if not isinstance(meta, dict) or "vocab_size" not in meta:
-        raise ConfigError(f"{path} has no vocab_size: not a meta.pkl of a prepare.py; prepare the data again")
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                meta = json.load(f)
+        else:
+            meta = load_legacy_meta(path)
+    except NotPlainData as e:
+        raise ConfigError(f"{path} is refused: {e} (a meta.pkl is read only if it is plain data: dicts, lists, "
+                          f"strings, numbers); {prepare_again(folder)}, which writes meta.json") from None
+    except Exception as e:  # not JSON, not a pickle, cut short
+        raise ConfigError(f"{path} is not readable ({first_line(e)}); {prepare_again(folder)}") from None
+    if isinstance(meta, dict) and isinstance(meta.get("itos"), dict) and path.endswith(".json"):
+        # JSON keys are strings: itos's ids come back as ints (a key that is no id stays, for check_meta to name)
+        meta["itos"] = {int(k) if k.isascii() and k.isdigit() else k: c for k, c in meta["itos"].items()}
+    check_meta(meta, path)
     return meta
+
+
+def check_meta(meta, path):
+    """Refuses metadata that cannot say what token ids mean, naming path, the field and its value: a
+    vocab_size that is no positive integer, a dtype other than uint16 and uint32, no tokenizer, token counts
+    that are no counts, or stoi and itos that are not each other's inverse over ids 0..vocab_size-1."""
+    if not isinstance(meta, dict) or "vocab_size" not in meta:
+        raise ConfigError(f"{path} has no vocab_size: not the metadata of a prepare.py; prepare the data again")
+    vocab_size, dtype = meta["vocab_size"], meta.get("dtype", "uint16")
+    if type(vocab_size) is not int or vocab_size < 1:
+        raise ConfigError(f"{path}: vocab_size={vocab_size!r} must be a positive integer")
+    if dtype not in META_DTYPES:
+        raise ConfigError(f"{path}: dtype={dtype!r} is not a dtype of token ids; allowed: {', '.join(META_DTYPES)}")
+    tokens = meta.get("tokens", {})
+    if not isinstance(tokens, dict) or not all(type(n) is int and n >= 0 for n in tokens.values()):
+        raise ConfigError(f"{path}: tokens={tokens!r} must map each split to its number of tokens")
+    for field in ("encoding", "tokenizer", "vocab_hash"):
+        if field in meta and type(meta[field]) is not str:
+            raise ConfigError(f"{path}: {field}={meta[field]!r} must be a string")
+    if "stoi" in meta or "itos" in meta:
+        check_characters(meta.get("stoi"), meta.get("itos"), vocab_size, path)
+    elif "encoding" not in meta and not {"tokenizer", "vocab_hash"} <= set(meta):
+        raise ConfigError(f"{path} names no tokenizer: it needs stoi and itos (characters), encoding (a tiktoken "
+                          f"BPE) or tokenizer and vocab_hash (Hugging Face); prepare the data again")
+
+
+def check_characters(stoi, itos, vocab_size, path):
+    """stoi maps single characters to distinct ids in 0..vocab_size-1 and itos maps them back, nothing more."""
+    for field, table in (("stoi", stoi), ("itos", itos)):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {field}={table!r:.80} must be a dict (character-level data has both stoi and itos)")
+    for c, i in stoi.items():
+        if type(c) is not str or len(c) != 1 or type(i) is not int or not 0 <= i < vocab_size or itos.get(i) != c:
+            raise ConfigError(f"{path}: stoi[{c!r}]={i!r} is not the id in 0..{vocab_size - 1} of one character "
+                              f"that itos maps back to it")
+    for i, c in itos.items():
+        if type(c) is not str or stoi.get(c) != i:
+            raise ConfigError(f"{path}: itos[{i!r}]={c!r} has no stoi entry mapping {c!r} back to it")
 
 
 def check_bin(path, meta, block_size):
     """Refuses a .bin that cannot be what meta says: a partial id, too few tokens for one block, another
-    token count than the prepare that wrote meta.pkl counted, or ids beyond the vocabulary. The ids are
+    token count than the prepare that wrote the metadata counted, or ids beyond the vocabulary. The ids are
     checked on 16 evenly spread blocks of 64k tokens: cheap on a 40 GB file, and data of another
     tokenizer shows in any block."""
-    dtype = bin_dtype(meta)
+    dtype, meta_name = bin_dtype(meta), os.path.basename(meta_file(os.path.dirname(path)))
     size = os.path.getsize(path)
     if size % dtype.itemsize:
-        raise ConfigError(f"{path} has {size} bytes, not a whole number of {dtype} token ids (meta.pkl's dtype); "
+        raise ConfigError(f"{path} has {size} bytes, not a whole number of {dtype} token ids ({meta_name}'s dtype); "
                           f"prepare the data again")
     n = size // dtype.itemsize
     if n <= block_size:
         raise ConfigError(f"{path} holds {n} tokens, too few for block_size={block_size}")
     counted = (meta or {}).get("tokens", {}).get(os.path.basename(path).removesuffix(".bin"))
     if counted is not None and counted != n:
-        raise ConfigError(f"{path} holds {n} tokens but its meta.pkl counted {counted}: files of two preparations "
+        raise ConfigError(f"{path} holds {n} tokens but its {meta_name} counted {counted}: files of two preparations "
                           f"(an interrupted one?); prepare the data again")
     vocab_size = vocab_of(meta)
     data = np.memmap(path, dtype=dtype, mode="r")
     top = max(int(data[s:s + 65536].max()) for s in np.linspace(0, max(0, n - 65536), 16).astype(np.int64))
     if top >= vocab_size:
-        where = "meta.pkl's" if meta is not None else "GPT-2's (there is no meta.pkl)"
+        where = f"{meta_name}'s" if meta is not None else "GPT-2's (there is no meta.json)"
         raise ConfigError(f"{path} holds token id {top}, beyond {where} vocab_size={vocab_size}: "
                           f"data of another tokenizer? prepare the data again")
 
 
 def find_data(data_dir, dataset, block_size):
     """(data_dir, meta): the folder with train.bin and val.bin (data_dir, else data/<dataset>), and its
-    meta.pkl's dict or None, once both files are known to fit meta and block_size."""
+    metadata's dict or None, once both files are known to fit meta and block_size."""
     folder = data_dir or os.path.join(DATA_ROOT, dataset)
     missing = [s for s in ("train.bin", "val.bin") if not os.path.isfile(os.path.join(folder, s))]
     if missing and data_dir:
@@ -220,11 +316,11 @@ def find_data(data_dir, dataset, block_size):
         raise ConfigError(f"unknown dataset={dataset!r}; allowed: {', '.join(known)} (or set data_dir)")
     meta = read_meta(folder)
     if meta is None and os.path.isfile(os.path.join(folder, "prepare.py")):
-        # every prepare.py here writes meta.pkl; without it character ids would be read as GPT-2's
-        raise ConfigError(f"{os.path.join(folder, 'meta.pkl')} is missing; run python {os.path.relpath(os.path.join(folder, 'prepare.py'))} again")
+        # every prepare.py here writes meta.json; without it character ids would be read as GPT-2's
+        raise ConfigError(f"{meta_file(folder)} is missing; {prepare_again(folder)}")
     dtype = bin_dtype(meta)
     if meta is not None and meta["vocab_size"] > np.iinfo(dtype).max + 1:
-        raise ConfigError(f"{os.path.join(folder, 'meta.pkl')} says vocab_size={meta['vocab_size']} but its .bin files "
+        raise ConfigError(f"{meta_file(folder)} says vocab_size={meta['vocab_size']} but its .bin files "
                           f"are {dtype}, ids up to {np.iinfo(dtype).max}; prepare the data again (it writes uint32)")
     for split in ("train", "val"):
         check_bin(os.path.join(folder, f"{split}.bin"), meta, block_size)
@@ -265,10 +361,10 @@ def encode_docs(docs, encode_batch, separator, batch_size=256):
 
 def write_data(out_dir, splits, meta):
     """Writes out_dir/<split>.bin for each split of splits ({"val": ids, "train": ids}, written in that
-    order; ids: an iterable of token-id sequences, streamed to disk), then out_dir/meta.pkl: meta with
+    order; ids: an iterable of token-id sequences, streamed to disk), then out_dir/meta.json: meta with
     "dtype" (uint16 if the vocabulary fits, else uint32) and "tokens" (each file's count). Every file is
-    written under a temporary name and renamed when whole, meta.pkl last, and find_data checks the counts:
-    an interrupted run leaves no half-written file and no new .bin unnoticed beside an old meta.pkl.
+    written under a temporary name and renamed when whole, meta.json last, and find_data checks the counts:
+    an interrupted run leaves no half-written file and no new .bin unnoticed beside an old meta.json.
     A split of fewer than 2 tokens (not one next-token pair) is refused before anything is replaced.
     Returns the meta written."""
     vocab_size = meta["vocab_size"]
@@ -295,11 +391,21 @@ def write_data(out_dir, splits, meta):
             if os.path.exists(path):
                 os.remove(path)
     meta = {**meta, "dtype": dtype.name, "tokens": tokens}
-    with open(os.path.join(out_dir, "meta.pkl.tmp"), "wb") as f:
-        pickle.dump(meta, f)
-    os.replace(os.path.join(out_dir, "meta.pkl.tmp"), os.path.join(out_dir, "meta.pkl"))
+    write_meta(out_dir, meta)
     print(", ".join(f"{split} has {n:,} tokens" for split, n in tokens.items()) + f" ({dtype.name})")
     return meta
+
+
+def write_meta(folder, meta):
+    """Writes meta as folder/meta.json, whole or not at all (a temporary file, then a rename). The meta.pkl of
+    an earlier preparation goes: it described .bin files that are replaced now. JSON keys are strings, so
+    itos's ids are written as strings; read_meta makes them ints again."""
+    path = os.path.join(folder, "meta.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
+    os.replace(path + ".tmp", path)
+    if os.path.isfile(os.path.join(folder, "meta.pkl")):
+        os.remove(os.path.join(folder, "meta.pkl"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,7 +430,7 @@ def read_jsonl(path):
 
 
 # --------------------------------------------------------------------------------------------------
-# tokenizers: what a token id means, from a meta dict (meta.pkl, or a checkpoint's copy of it).
+# tokenizers: what a token id means, from a meta dict (meta.json, or a checkpoint's copy of it).
 # Three kinds: characters ("stoi", "itos"), a tiktoken BPE ("encoding") and a Hugging Face tokenizer
 # ("tokenizer": its hub name or absolute directory, "vocab_hash": a digest of its token -> id table).
 
@@ -332,7 +438,7 @@ def read_jsonl(path):
 def tokenizer_of(meta):
     """What a token id means, as a value two tokenizers share when their ids mean the same: the
     characters' ids, the BPE's name, or a Hugging Face tokenizer's vocab_hash (so the same tokenizer
-    under two names, or from a local copy, is one tokenizer). Data without meta.pkl is GPT-2 BPE."""
+    under two names, or from a local copy, is one tokenizer). Data without metadata is GPT-2 BPE."""
     if meta is None:
         return "gpt2"
     if "stoi" in meta:
@@ -403,12 +509,26 @@ def hf_tokenizer(name, setting="tokenizer"):
     check_hub(name, setting)
     try:
         from transformers import AutoTokenizer
+        from transformers.models.auto.tokenization_auto import get_tokenizer_config
     except ImportError:
         raise ImportError("Hugging Face tokenizers need the optional package transformers: pip install transformers") from None
     try:
-        return AutoTokenizer.from_pretrained(name)
+        refuse_custom_code(name, setting, get_tokenizer_config(name), "tokenizer_config.json")
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except ConfigError:
+        raise
     except (OSError, ValueError) as e:
         raise ConfigError(f"{setting}={name!r}: no Hugging Face tokenizer there ({str(e).strip().splitlines()[0]})") from None
+
+
+def refuse_custom_code(name, setting, config, file):
+    """A Hugging Face model or tokenizer whose file (config.json, tokenizer_config.json) maps classes to Python
+    modules shipped with it (auto_map) is meant to run that code: refused, as nothing here ever runs code
+    that comes with a model (trust_remote_code=False), and transformers' own classes would load it otherwise."""
+    if "auto_map" in config:
+        raise ConfigError(f"{setting}={name!r} needs code shipped with it ({file} has auto_map for "
+                          f"{', '.join(config['auto_map'])}), and such code is never run here: only models and "
+                          f"tokenizers that transformers implements itself load")
 
 
 def hf_meta(tok, name):
@@ -428,7 +548,7 @@ def hf_separator(tok):
 def open_tokenizer(name):
     """(meta, encode_batch, separator) of a tokenizer by name, to prepare data with: a tiktoken encoding
     (gpt2, r50k_base, cl100k_base, ...) or else a Hugging Face tokenizer (hub name or directory). meta is
-    what meta.pkl records; encode_batch maps a list of texts to lists of ids, reading special-token text
+    what meta.json records; encode_batch maps a list of texts to lists of ids, reading special-token text
     such as "<|endoftext|>" as plain text; separator is the id that goes before each document (eot_token)."""
     import tiktoken
     if name in tiktoken.list_encoding_names():
@@ -593,10 +713,18 @@ def first_line(error):
 
 
 def read_checkpoint(path):
-    """The dict a train.py checkpoint file holds; a corrupt or truncated file is an error naming it."""
+    """The dict a train.py checkpoint file holds. Read with weights_only=True, said explicitly (torch before
+    2.6 defaults to False): tensors, numbers, strings and containers only, all a checkpoint of train.py holds,
+    so opening someone else's checkpoint never runs code (a pickle calls whatever it names). A file that
+    needs more is refused, a corrupt or truncated one is an error, each naming the file."""
     try:
-        ckpt = torch.load(path, map_location="cpu")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch says "failed finding central directory" and the like
+        needs = re.search(r"GLOBAL ([\w.]+)", str(e))  # what torch's weights-only unpickler refused to call
+        if isinstance(e, pickle.UnpicklingError) and needs:
+            raise ConfigError(f"{path} is refused: loading it would call {needs[1]}; a checkpoint is read only if it "
+                              f"holds tensors, numbers, strings, lists and dicts (torch.load with weights_only=True), "
+                              f"as every checkpoint of train.py does") from None
         raise ConfigError(f"{path} cannot be read, the file is corrupt or truncated ({first_line(e)}); "
                           f"an earlier checkpoint or a new run is needed") from None
     if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
@@ -643,12 +771,21 @@ def find_model(name, setting):
                           f"Qwen/Qwen1.5-1.8B, ...)")
     check_hub(name, setting)
     try:
-        from transformers import AutoConfig
+        from transformers import AutoConfig, PretrainedConfig
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     except ImportError:
         raise ImportError("Hugging Face models need the optional package transformers: pip install transformers") from None
     try:
-        config = AutoConfig.from_pretrained(name)
+        config_json, _ = PretrainedConfig.get_config_dict(name)  # config.json as it is: reading it runs nothing
+        refuse_custom_code(name, setting, config_json, "config.json")
+        model_type = config_json.get("model_type")
+        if model_type is not None and model_type not in CONFIG_MAPPING:
+            raise ConfigError(f"{setting}={name!r} has model_type={model_type!r}, which transformers does not implement: "
+                              f"it would need code shipped with the model, and such code is never run here")
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except ConfigError:
+        raise
     except (OSError, ValueError) as e:  # not in the cache (offline), no such model, a bad config.json
         raise hf_load_error(name, setting, e) from None
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
@@ -668,7 +805,7 @@ def pretrained_meta(name, config, setting):
 def load_model(name, device="cpu", setting="init_from"):
     """(model, meta, ckpt) from a checkpoint of this repo (a file, or an out_dir: its best.pt, else its
     ckpt.pt) or from a pretrained GPT-2, LLaMA or Qwen2 (a hub name or a local directory, through
-    transformers); says which it loaded. meta tells the tokenizer, as a meta.pkl does; ckpt is the
+    transformers); says which it loaded. meta tells the tokenizer, as a meta.json does; ckpt is the
     checkpoint dict, None for a pretrained model. setting names the setting name came from, for the messages."""
     check_device(device)
     path, config = find_model(name, setting)
@@ -708,7 +845,7 @@ def load_hf_teacher(name, device):
     """A Hugging Face causal LM as an HFTeacher, in bf16 on CUDA and fp32 elsewhere."""
     from transformers import AutoModelForCausalLM
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype).to(device).eval()
+    hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=False).to(device).eval()
     teacher = HFTeacher(hf)
     # the chunked loss needs logits = lm_head(last hidden state); a model that post-processes them (soft-capping,
     # scaling) would silently teach other targets

@@ -48,7 +48,7 @@ class EvalConfig:
     num_fewshot: int = 0  # the paper: zero-shot
     limit: int = 0  # documents per task, 0 for all (a quick look, not the paper's numbers)
     batch_size: int = 32
-    ppl_data_dir: str = ""  # a prepared dataset's folder (val.bin, meta.pkl), e.g. data/c4; "" for no perplexity
+    ppl_data_dir: str = ""  # a prepared dataset's folder (val.bin, meta.json), e.g. data/c4; "" for no perplexity
     ppl_windows: int = 256  # the GPTQ/SparseGPT C4 recipe: 256 random windows of the model's context, seed 0
     seed: int = 0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"

@@ -493,7 +493,7 @@ class GPT(nn.Module):
         except ImportError:
             raise ImportError("loading pretrained weights needs the optional package transformers: "
                               "pip install transformers") from None
-        hf = AutoModelForCausalLM.from_pretrained(name_or_dir).float()
+        hf = AutoModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=False).float()  # never code shipped with it
         shape = hf_shape(hf.config)
         fixed = set(shape) - ({"block_size"} if shape.get("pos") == "rope" else set())
         for key in fixed & set(overrides):

@@ -5,7 +5,6 @@ import copy
 import dataclasses
 import importlib.util
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -103,8 +102,7 @@ def tiny(tmp_path, data, **kw):
 
 
 def test_prepare_with_a_hugging_face_tokenizer(teacher_dir, bpe_data):
-    with open(os.path.join(bpe_data, "meta.pkl"), "rb") as f:
-        meta = pickle.load(f)
+    meta = common.read_meta(bpe_data)
     assert (meta["vocab_size"], meta["tokenizer"], meta["dtype"]) == (400, teacher_dir, "uint16")
     train_ids = np.fromfile(os.path.join(bpe_data, "train.bin"), dtype=np.uint16).tolist()
     val_ids = np.fromfile(os.path.join(bpe_data, "val.bin"), dtype=np.uint16).tolist()
@@ -151,7 +149,7 @@ def test_uint32_data_round_trips_through_training_reads(tmp_path):
 
 def test_write_data_refuses_too_short_input_and_keeps_earlier_files(tmp_path):
     folder = make_char_data(tmp_path / "d")
-    before = {name: (tmp_path / "d" / name).read_bytes() for name in ("train.bin", "val.bin", "meta.pkl")}
+    before = {name: (tmp_path / "d" / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")}
 
     def interrupted():
         yield [0, 1, 2]
@@ -164,7 +162,7 @@ def test_write_data_refuses_too_short_input_and_keeps_earlier_files(tmp_path):
     with pytest.raises(ConfigError, match="token ids 0..5 are outside the vocabulary 0..2"):
         write_data(folder, {"train": [[0, 5]], "val": [[0, 1]]}, {"vocab_size": 3, "encoding": "x"})
     assert {name: (tmp_path / "d" / name).read_bytes() for name in before} == before
-    assert sorted(os.listdir(folder)) == ["meta.pkl", "train.bin", "val.bin"]  # no temporary file left
+    assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "val.bin"]  # no temporary file left
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ConfigError, match="the train split has 0 tokens"):
         load_script("data/shakespeare/prepare.py").main(str(tmp_path / "empty.txt"), str(tmp_path / "e"), "r50k_base")
@@ -172,7 +170,7 @@ def test_write_data_refuses_too_short_input_and_keeps_earlier_files(tmp_path):
 
 def corrupt(folder, how):
     """Breaks a prepared data folder in one way; returns the file the error must name."""
-    train_bin, meta_pkl = os.path.join(folder, "train.bin"), os.path.join(folder, "meta.pkl")
+    train_bin, meta_json = os.path.join(folder, "train.bin"), os.path.join(folder, "meta.json")
     if how == "id beyond the vocabulary":
         ids = np.fromfile(train_bin, dtype=np.uint16)
         ids[-1] = 8
@@ -183,19 +181,16 @@ def corrupt(folder, how):
     elif how == "count":
         np.fromfile(train_bin, dtype=np.uint16)[:-100].tofile(train_bin)
     elif how == "unreadable meta":
-        with open(meta_pkl, "wb") as f:
-            f.write(b"not a pickle")
-        return meta_pkl
+        with open(meta_json, "w") as f:
+            f.write("not JSON")
+        return meta_json
     elif how == "vocab beyond dtype":
-        with open(meta_pkl, "rb") as f:
-            meta = pickle.load(f)
-        with open(meta_pkl, "wb") as f:
-            pickle.dump({**meta, "vocab_size": 70_000}, f)
-        return meta_pkl
+        common.write_meta(folder, {**common.read_meta(folder), "vocab_size": 70_000})
+        return meta_json
     elif how == "no meta":
-        open(os.path.join(folder, "prepare.py"), "w").close()  # a dataset folder: its prepare.py writes meta.pkl
-        os.remove(meta_pkl)
-        return meta_pkl
+        open(os.path.join(folder, "prepare.py"), "w").close()  # a dataset folder: its prepare.py writes meta.json
+        os.remove(meta_json)
+        return meta_json
     elif how == "empty":
         open(os.path.join(folder, "val.bin"), "w").close()
         return os.path.join(folder, "val.bin")
@@ -203,10 +198,10 @@ def corrupt(folder, how):
 
 
 @pytest.mark.parametrize("how, message", [
-    ("id beyond the vocabulary", "holds token id 8, beyond meta.pkl's vocab_size=8: data of another tokenizer"),
+    ("id beyond the vocabulary", "holds token id 8, beyond meta.json's vocab_size=8: data of another tokenizer"),
     ("partial id", "has 4321 bytes, not a whole number of uint16 token ids"),
-    ("count", "holds 2060 tokens but its meta.pkl counted 2160: files of two preparations"),
-    ("unreadable meta", "is not readable \\(UnpicklingError"),
+    ("count", "holds 2060 tokens but its meta.json counted 2160: files of two preparations"),
+    ("unreadable meta", "is not readable \\(JSONDecodeError: Expecting value"),
     ("vocab beyond dtype", "says vocab_size=70000 but its .bin files are uint16, ids up to 65535"),
     ("no meta", "is missing; run python .*prepare.py again"),
     ("empty", "holds 0 tokens, too few for block_size=32"),
@@ -257,7 +252,7 @@ def test_kd_from_a_hugging_face_teacher_lowers_the_loss(teacher_dir, bpe_data, t
     steps, _ = read_metrics(result["out_dir"])
     kd = [r["kd"] for r in steps]  # measured: 3.05, 2.82, 2.66, 2.64
     assert kd == sorted(kd, reverse=True) and kd[-1] < 0.9 * kd[0] and steps[0]["loss"] == pytest.approx(kd[0])
-    assert torch.load(os.path.join(result["out_dir"], "ckpt.pt"))["model_args"]["vocab_size"] == 400
+    assert torch.load(os.path.join(result["out_dir"], "ckpt.pt"), weights_only=True)["model_args"]["vocab_size"] == 400
     # the student's checkpoint carries the data's meta: sample.py decodes with the Hugging Face tokenizer
     [text] = sample(SampleConfig(init_from=result["out_dir"], start="ROMEO:", num_samples=1, max_new_tokens=8, device="cpu"))
     assert text.startswith("ROMEO:") and len(get_tokenizer(common.read_meta(bpe_data))[0](text)) >= 9

@@ -5,7 +5,6 @@ import copy
 import json
 import math
 import os
-import pickle
 import re
 import string
 from dataclasses import asdict
@@ -20,6 +19,7 @@ import datasets
 import lm_eval
 from lm_eval.api.instance import Instance
 
+import common
 from common import ConfigError
 from compare import CompareConfig, compare
 from eval import PAPER_TASKS, EvalConfig, GPTLM, check_tasks, columns, evaluate, export_tasks, perplexity
@@ -192,8 +192,7 @@ def test_local_tasks_through_simple_evaluate_equal_accuracy_and_perplexity_by_ha
 def char_data(folder, text="the cat sat on the mat. is it? no.\n" * 20):
     os.makedirs(folder, exist_ok=True)
     np.array([STOI[c] for c in text], dtype=np.uint16).tofile(os.path.join(folder, "val.bin"))
-    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
-        pickle.dump(META, f)
+    common.write_meta(str(folder), META)
     return str(folder)
 
 
@@ -303,7 +302,7 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch):
     write_task(tasks, "local_far", MC_DOCS, output_type="multiple_choice", doc_to_text='"{{question}}"',
                doc_to_target="label", doc_to_choice="choices", dataset_path="nobody/unreachable", dataset_kwargs="{}")
     bpe_data = char_data(tmp_path / "bpe")
-    os.remove(os.path.join(bpe_data, "meta.pkl"))  # data without meta.pkl is GPT-2 BPE
+    os.remove(os.path.join(bpe_data, "meta.json"))  # data without metadata is GPT-2 BPE
     for module, name in (("datasets.config", "HF_HUB_OFFLINE"), ("datasets.config", "HF_DATASETS_OFFLINE"),
                          ("huggingface_hub.constants", "HF_HUB_OFFLINE")):
         monkeypatch.setattr(f"{module}.{name}", True, raising=False)

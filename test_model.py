@@ -5,7 +5,6 @@ import importlib.util
 import json
 import math
 import os
-import pickle
 from dataclasses import asdict
 
 import numpy as np
@@ -327,7 +326,7 @@ def test_alpha_ma_does_not_depend_on_the_number_of_ranks(tmp_path):
     single(x, y)
     single.update_alpha_ma()
     for rank in range(2):
-        for got, block in zip(torch.load(tmp_path / f"rank{rank}.pt"), single.transformer.h):
+        for got, block in zip(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), single.transformer.h):
             torch.testing.assert_close(got, block.attn.alpha_ma, atol=1e-7, rtol=0)
 
 
@@ -615,8 +614,7 @@ def test_char_prepare_round_trip(tmp_path):
     src.write_text(text, encoding="utf-8")
     meta = prep.main(str(src), out_dir=str(tmp_path))
 
-    with open(tmp_path / "meta.pkl", "rb") as f:
-        assert pickle.load(f) == meta
+    assert common.read_meta(str(tmp_path)) == meta and os.listdir(tmp_path).count("meta.json") == 1
     assert meta["dtype"] == "uint16" and meta["tokens"] == {"train": int(0.9 * len(text)), "val": len(text) - int(0.9 * len(text))}
     assert meta["vocab_size"] == len(set(text)) == len(meta["itos"]) == len(meta["stoi"])
     assert all(meta["stoi"][meta["itos"][i]] == i for i in range(meta["vocab_size"]))
@@ -644,8 +642,7 @@ def test_bpe_prepare(tmp_path):
     src.write_text(SAMPLE_TEXT, encoding="utf-8")
     prep.main(str(src), out_dir=str(tmp_path))
 
-    with open(tmp_path / "meta.pkl", "rb") as f:
-        meta = pickle.load(f)
+    meta = common.read_meta(str(tmp_path))
     assert meta["vocab_size"] == 50257 and meta["encoding"] == prep.ENCODING and meta["dtype"] == "uint16"
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
@@ -669,8 +666,7 @@ def test_fineweb_write_bins_eot_and_counts(tmp_path):
     assert val == [256] + list(b"abc")
     assert train == [256] + list(b"hello") + [256] + list(b"xy") + [256] + list(b"0123456789")
     assert train.count(256) == 3  # one <|endoftext|> before each document
-    with open(tmp_path / "meta.pkl", "rb") as f:
-        assert pickle.load(f) == {"vocab_size": 257, "encoding": "bytes", "dtype": "uint16", "tokens": {"val": 4, "train": 20}}
+    assert common.read_meta(str(tmp_path)) == {"vocab_size": 257, "encoding": "bytes", "dtype": "uint16", "tokens": {"val": 4, "train": 20}}
 
 
 def test_fineweb_write_bins_stops_at_num_tokens(tmp_path):
@@ -708,9 +704,8 @@ def test_fineweb_write_bins_gpt2(tmp_path):
     assert written == {"val": len(ids[0]), "train": total - len(ids[0])}
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
     assert train == ids[1] + ids[2] and train.count(50256) == 2
-    with open(tmp_path / "meta.pkl", "rb") as f:
-        assert pickle.load(f) == {"vocab_size": 50257, "encoding": prep.ENCODING, "dtype": "uint16",
-                                  "tokens": {"val": len(ids[0]), "train": total - len(ids[0])}}
+    assert common.read_meta(str(tmp_path)) == {"vocab_size": 50257, "encoding": prep.ENCODING, "dtype": "uint16",
+                                               "tokens": {"val": len(ids[0]), "train": total - len(ids[0])}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -718,7 +713,7 @@ def test_fineweb_write_bins_gpt2(tmp_path):
 
 
 def make_char_data(folder, text="abcdefgh" * 300):
-    """train.bin, val.bin and meta.pkl of a character-level corpus, like data/shakespeare_char/prepare.py."""
+    """train.bin, val.bin and meta.json of a character-level corpus, like data/shakespeare_char/prepare.py."""
     os.makedirs(folder, exist_ok=True)
     chars = sorted(set(text))
     stoi = {c: i for i, c in enumerate(chars)}
@@ -726,8 +721,7 @@ def make_char_data(folder, text="abcdefgh" * 300):
     n = int(0.9 * len(ids))
     ids[:n].tofile(os.path.join(folder, "train.bin"))
     ids[n:].tofile(os.path.join(folder, "val.bin"))
-    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
-        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
+    common.write_meta(str(folder), {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi})
     return str(folder)
 
 
@@ -750,7 +744,7 @@ def test_ce_lowers_the_loss_and_logs_every_key(tmp_path):
     assert set(steps[1]) == {"iter", "lr", "loss", "ce", "grad_norm", "tokens_per_s", "dt_ms"}
     assert [set(r) == set(steps[1]) | stats for r in steps] == [True, False] * 3
     assert len(steps[-2]["alpha"]) == len(steps[-2]["alpha_ma"]) == 2 and steps[-2]["logit_mag"] > 0
-    ckpt = torch.load(os.path.join(result["out_dir"], "ckpt.pt"))
+    ckpt = torch.load(os.path.join(result["out_dir"], "ckpt.pt"), weights_only=True)
     assert {"model", "optimizer", "model_args", "config", "iter_num", "best_val_loss", "meta", "rng"} <= set(ckpt)
     assert ckpt["iter_num"] == 30 and ckpt["config"]["attn"] == "affine"
 
@@ -809,7 +803,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     data = make_char_data(tmp_path / "data")
     train(tiny(tmp_path, "out", data, max_iters=2))
     ckpt_path = tmp_path / "out" / "ckpt.pt"
-    saved = torch.load(ckpt_path)["model"]
+    saved = torch.load(ckpt_path, weights_only=True)["model"]
 
     real_forward_loss = train_module.forward_loss
 
@@ -822,14 +816,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     with pytest.raises(NonFiniteLoss, match="at iter 2.*last good checkpoint \\(iter 2\\)"):
         train(tiny(tmp_path, "out", data, max_iters=10, init_from="resume", eval_interval=1, log_interval=100,
                    always_save_checkpoint=True))
-    ckpt = torch.load(ckpt_path)  # rewritten by the evaluation at iter 2, before the bad step: same weights
+    ckpt = torch.load(ckpt_path, weights_only=True)  # rewritten by the evaluation at iter 2, before the bad step: same weights
     assert ckpt["iter_num"] == 2 and all(torch.equal(v, saved[k]) for k, v in ckpt["model"].items())
 
 
 def test_a_huge_learning_rate_stops_the_run(tmp_path):
     with pytest.raises(NonFiniteLoss, match="non-finite"):
         train(tiny(tmp_path, learning_rate=1e30, grad_clip=0.0, max_iters=5, eval_interval=100))
-    assert torch.load(tmp_path / "out" / "ckpt.pt")["iter_num"] == 0  # the one written before training
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter_num"] == 0  # the one written before training
 
 
 def test_config_files_and_overrides(tmp_path):
@@ -1267,7 +1261,7 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     assert "training the teacher" in capsys.readouterr().out
     ablation = "affine-affine_nprefix"  # the variant affine:affine_n=prefix
     assert current == ["teacher", "softmax-s1", "softmax-s2", f"{ablation}-s1", f"{ablation}-s2"]
-    assert torch.load(out / f"{ablation}-s1" / "ckpt.pt")["model_args"]["affine_n"] == "prefix"
+    assert torch.load(out / f"{ablation}-s1" / "ckpt.pt", weights_only=True)["model_args"]["affine_n"] == "prefix"
     for seed in (1, 2):
         assert len(batches[f"{ablation}-s{seed}"]) == 8 + 3 * 2  # 8 training batches, 2 per evaluation (iters 0, 5, 8)
         assert all((a == b).all() for a, b in zip(batches[f"softmax-s{seed}"], batches[f"{ablation}-s{seed}"]))
@@ -1289,7 +1283,7 @@ def test_compare_end_to_end(tmp_path, monkeypatch, capsys):
     # the same as before (overwrite lets it replace the unfinished run)
     teacher_ckpt = out / "teacher" / "ckpt.pt"
     mtime = teacher_ckpt.stat().st_mtime_ns
-    ckpt = torch.load(out / "softmax-s2" / "ckpt.pt", weights_only=False)
+    ckpt = torch.load(out / "softmax-s2" / "ckpt.pt", weights_only=True)
     torch.save({**ckpt, "iter_num": 5}, out / "softmax-s2" / "ckpt.pt")
     current.clear()
     assert compare(CompareConfig(**{**asdict(cfg), "overwrite": True})) == rows

@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 
 
 def weights(path):
-    return torch.load(path)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 def same_weights(a, b):
@@ -49,7 +49,7 @@ def test_a_fresh_run_refuses_an_out_dir_that_holds_a_run(tmp_path):
     assert {f: (out / f).read_bytes() for f in before} == before and not (out / "train.lock").exists()
     # overwrite=True: the new run replaces the old one entirely, its best.pt included
     train(tiny(tmp_path, data=data, max_iters=0, overwrite=True))
-    assert torch.load(out / "ckpt.pt")["iter_num"] == torch.load(out / "best.pt")["iter_num"] == 0
+    assert torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] == torch.load(out / "best.pt", weights_only=True)["iter_num"] == 0
     assert [row["iter"] for row in read_jsonl(out / "metrics.jsonl")] == [0]
 
 
@@ -111,7 +111,7 @@ def test_best_and_last_checkpoints(tmp_path, monkeypatch, capsys):
     train(tiny(tmp_path, data=data, max_iters=6, **kw))
     # ckpt.pt when the val loss improves and at the end; best.pt when it improves
     assert saves == [("ckpt.pt", 0), ("best.pt", 0), ("ckpt.pt", 2), ("best.pt", 2), ("ckpt.pt", 6)]
-    best, last = torch.load(tmp_path / "out" / "best.pt"), torch.load(tmp_path / "out" / "ckpt.pt")
+    best, last = torch.load(tmp_path / "out" / "best.pt", weights_only=True), torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
     assert (best["iter_num"], best["val_loss"], best["best_val_loss"]) == (2, 2.0, 2.0)
     assert (last["iter_num"], last["val_loss"], last["best_val_loss"]) == (6, 2.8, 2.0)
     # best.pt's weights are iter 2's: the same run stopped at iter 2 (same seed, batches and schedule) ends there
@@ -128,13 +128,13 @@ def test_best_and_last_checkpoints(tmp_path, monkeypatch, capsys):
     scripted_val_losses(monkeypatch, [2.8, 2.9])  # iters 6 (again) and 8
     result = train(tiny(tmp_path, data=data, max_iters=8, init_from="resume", **kw))
     assert result["iter_num"] == 8 and result["best_val_loss"] == 2.0
-    assert torch.load(tmp_path / "out" / "best.pt")["iter_num"] == 2
+    assert torch.load(tmp_path / "out" / "best.pt", weights_only=True)["iter_num"] == 2
 
 
 def test_the_val_loss_in_best_pt_is_its_weights_own(tmp_path):
     cfg = tiny(tmp_path, max_iters=4, eval_interval=2, always_save_checkpoint=False)
     train(cfg)
-    best = torch.load(tmp_path / "out" / "best.pt")
+    best = torch.load(tmp_path / "out" / "best.pt", weights_only=True)
     model, _, _ = load_model(str(tmp_path / "out"))
     loss = train_module.estimate_loss(model, cfg, cfg.data_dir, "cpu", train_module.nullcontext())
     assert loss["val"] == pytest.approx(best["val_loss"], abs=1e-6)
@@ -168,7 +168,7 @@ def test_a_resume_with_other_settings_is_an_error_naming_both_values(tmp_path, c
     with pytest.raises(ConfigError, match=f"init_from='resume' continues {tmp_path / 'out' / 'ckpt.pt'}, but the settings "
                                           f"differ: {message}\\. Resume with the run's settings"):
         train(tiny(tmp_path, data=data, max_iters=4, init_from="resume", **change))
-    assert torch.load(tmp_path / "out" / "ckpt.pt")["iter_num"] == 2
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter_num"] == 2
 
 
 def test_a_resume_on_data_of_another_tokenizer_is_an_error(tmp_path):
@@ -442,8 +442,8 @@ def test_the_first_run_prepares_the_default_data(tmp_path, monkeypatch, capsys):
     train(cfg)
     out = capsys.readouterr().out
     assert f"preparing {folder} from the embedded corpus data/shakespeare/input.txt (first run)" in out
-    assert sorted(os.listdir(folder)) == ["meta.pkl", "prepare.py", "train.bin", "val.bin"]
-    assert torch.load(tmp_path / "out" / "ckpt.pt")["meta"]["vocab_size"] == len(set((tmp_path / "data" / "shakespeare" / "input.txt").read_text()))
+    assert sorted(os.listdir(folder)) == ["meta.json", "prepare.py", "train.bin", "val.bin"]
+    assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["meta"]["vocab_size"] == len(set((tmp_path / "data" / "shakespeare" / "input.txt").read_text()))
     train(tiny(tmp_path, "again", data_dir="", dataset="shakespeare_char", max_iters=0))
     assert "preparing" not in capsys.readouterr().out
 

@@ -76,12 +76,12 @@ class TrainConfig:
     seed: int = 1337
     # data
     dataset: str = "shakespeare_char"
-    data_dir: str = ""  # folder with train.bin, val.bin and maybe meta.pkl; "" is data/<dataset>
+    data_dir: str = ""  # folder with train.bin, val.bin and maybe meta.json; "" is data/<dataset>
     sampling: str = "random"  # training windows: "random" (with replacement) or "epoch" (each once per epoch, shuffled)
     gradient_accumulation_steps: int = 1  # micro-steps per iteration, all DDP ranks together
     batch_size: int = 12  # sequences per micro-step and rank
     block_size: int = 1024
-    # model (GPTConfig; vocab_size comes from the data's meta.pkl, else GPT-2's padded 50304)
+    # model (GPTConfig; vocab_size comes from the data's meta.json, else GPT-2's padded 50304)
     n_layer: int = 12
     n_head: int = 12
     n_kv_head: int = 0  # fewer than n_head: grouped-query attention; 0: n_head
@@ -226,7 +226,7 @@ class EpochSampler:
 def get_batch(data_dir, split, batch_size, block_size, sampler, device, meta=None):
     """batch_size windows of block_size + 1 tokens, as inputs x and next-token targets y. sampler: a
     torch.Generator draws random windows (with replacement), an EpochSampler the next ones of its epoch.
-    meta: the data's meta.pkl dict, which says how the ids are stored."""
+    meta: the data's meta.json dict, which says how the ids are stored."""
     # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
     data = read_tokens(data_dir, split, meta)
     if isinstance(sampler, EpochSampler):

@@ -1,6 +1,6 @@
 """
 The standard C4 validation shard (allenai/c4, en/c4-validation.00000-of-00008.json.gz: 45,576 English
-web documents), tokenised with --tokenizer (GPT-2's BPE by default) into --out_dir/val.bin and meta.pkl,
+web documents), tokenised with --tokenizer (GPT-2's BPE by default) into --out_dir/val.bin and meta.json,
 each document preceded by the tokenizer's separator. Held-out text for perplexity, so there is no
 train.bin. Needs network (the shard is a 40 MB download, cached by datasets) and the datasets package:
 

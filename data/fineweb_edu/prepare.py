@@ -1,7 +1,7 @@
 """
 Streams the first --num_tokens tokens of FineWeb-Edu (HuggingFaceFW/fineweb-edu, a sample config)
 and tokenises them with --tokenizer (GPT-2's BPE by default): saves train.bin, val.bin (token ids,
-uint16 if the vocabulary fits, else uint32) and meta.pkl (which tokenizer, vocab_size, dtype) in
+uint16 if the vocabulary fits, else uint32) and meta.json (which tokenizer, vocab_size, dtype) in
 --out_dir. Streaming means only what is used is downloaded, not the whole 10BT sample. Needs network
 and the datasets package:
 

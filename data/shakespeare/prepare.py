@@ -1,6 +1,6 @@
 """
 Prepare the Shakespeare corpus with a BPE tokenizer, GPT-2's by default: save train.bin, val.bin
-(token ids, uint16 if the vocabulary fits, else uint32) and meta.pkl (which tokenizer, vocab_size and
+(token ids, uint16 if the vocabulary fits, else uint32) and meta.json (which tokenizer, vocab_size and
 dtype, for training and decoding later) in --out_dir, by default next to this script.
 
     python data/shakespeare/prepare.py                 # the corpus committed in data/shakespeare/input.txt

@@ -1,7 +1,7 @@
 """
 Prepare the Shakespeare corpus for character-level language modeling.
 Instead of BPE tokens, map each character to an int; save train.bin, val.bin (np.uint16 ids) and
-meta.pkl (vocab_size, itos, stoi, for encoding and decoding later) next to this script.
+meta.json (vocab_size, itos, stoi, for encoding and decoding later) next to this script.
 
     python data/shakespeare_char/prepare.py                 # the corpus committed in data/shakespeare/input.txt
     python data/shakespeare_char/prepare.py path/to/any.txt # or any other text file (UTF-8)
