@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import tokenize
+import traceback
 import types
 import urllib.error
 import urllib.request
@@ -78,7 +79,14 @@ def read_config_file(path):
         raise ConfigError(f"config file {path!r} not found (overrides are written --key=value)")
     namespace = {}
     with open(path) as f:
-        exec(compile(f.read(), path, "exec"), namespace)
+        source = f.read()
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}, line {e.lineno}: SyntaxError: {e.msg}") from None
+    except Exception as e:  # the line of the file itself, not of whatever it called
+        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
+        raise ConfigError(f"config file {path}, line {line}: {first_line(e)}") from None
     return {k: v for k, v in namespace.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
 
 
@@ -114,7 +122,10 @@ def load_config(argv, cls):
     An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text.
     -h or --help prints the settings with their defaults and comments, and exits."""
     if "-h" in argv or "--help" in argv:
-        print(settings_help(cls))
+        try:
+            print(settings_help(cls), flush=True)
+        except BrokenPipeError:  # python train.py --help | head -1: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when python flushes at exit
         sys.exit(0)
     types_ = {f.name: type(f.default) for f in dataclasses.fields(cls)}
     values = {}
@@ -513,7 +524,7 @@ def hold_out_dir(out_dir, fresh, overwrite):
     refuses an out_dir that already holds a run, unless overwrite. An out_dir this made and left empty (the
     run stopped before writing anything) is removed again."""
     made = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    make_dir(out_dir, "out_dir")
     lock = os.path.join(out_dir, "train.lock")
     take_lock(lock, out_dir)
     try:
@@ -529,25 +540,51 @@ def hold_out_dir(out_dir, fresh, overwrite):
             os.rmdir(out_dir)
 
 
+def make_dir(path, setting):
+    """os.makedirs(path), with one line for a path that is a file, lies below one, or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{setting}={path!r} is a file, not a directory; choose another {setting}")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ConfigError(f"{setting}={path!r} lies below {parent}, which is a file, not a directory") from None
+        raise ConfigError(f"{setting}={path!r} cannot be made ({e.strerror}); choose another {setting}") from None
+
+
 def take_lock(lock, out_dir):
-    """Creates lock holding this process's pid and host, taking over one whose process is gone."""
+    """Creates lock holding this process's pid and host, taking over one whose process is gone. The lock is
+    written whole under another name and linked into place, so it is never seen empty: an empty one was
+    left by an old failed write, and is stale."""
+    mine = f"{lock}.{os.getpid()}"
     while True:
         try:
-            with open(lock, "x") as f:  # "x": fails if it exists, so of two processes only one creates it
+            with open(mine, "w") as f:
                 f.write(f"{os.getpid()} {socket.gethostname()}")
+            os.link(mine, lock)  # fails if lock exists, so of two processes only one takes it
             return
         except FileExistsError:
             pass
+        except OSError as e:  # a full disk, a read-only file system
+            raise ConfigError(f"out_dir={out_dir!r}: could not write the lock {lock} ({e.strerror}); "
+                              f"free some space or choose another out_dir") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(mine)
         try:
             with open(lock) as f:
                 holder = f.read().split()
         except FileNotFoundError:
             continue  # its run ended meanwhile
         pid, host = (holder + ["?", "?"])[:2]
-        if not pid.isdigit() or process_alive(int(pid), host):
+        if holder and (not pid.isdigit() or process_alive(int(pid), host)):
             raise ConfigError(f"out_dir={out_dir!r} is in use by another run (pid {pid} on host {host}, as {lock} "
                               f"says): wait for it to end or choose another out_dir; if no run uses it, delete {lock}")
-        print(f"taking over {lock}: its run (pid {pid}) is gone, it crashed or was killed")
+        print(f"taking over {lock}: " + (f"its run (pid {pid}) is gone, it crashed or was killed" if holder
+                                          else "it is empty, left by a failed write (a full disk?)"))
         with contextlib.suppress(FileNotFoundError):  # another process took it over first
             os.remove(lock)
 
@@ -574,9 +611,11 @@ def save_checkpoint(ckpt, path):
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
+    except BaseException as e:  # Ctrl-C too: no temporary file left behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
         cause = e if isinstance(e, OSError) else e.__context__
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             why = "the disk is full (no space left on device)"

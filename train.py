@@ -28,10 +28,12 @@ improves and after the last iter. The first run of the default dataset prepares 
 At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging".
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -53,10 +55,16 @@ from model import GPT, GPTConfig
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
                 "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn", "fused", "phi",
                 "affine_momentum", "affine_n")
+# the data and the loss are part of a run too: a resume must not change what the model learns from
+RUN_FIELDS = ("dataset", "data_dir", "loss", "teacher", "kd_alpha", "kd_temperature", "kd_reverse")
 
 
 class NonFiniteLoss(RuntimeError):
     """Training met a non-finite loss and stopped; no checkpoint was written after it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training; the message says which checkpoint was kept."""
 
 
 @dataclass
@@ -245,11 +253,11 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
 
 
 def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
-    """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer must be
-    the checkpoint's. A difference is an error naming both values, never ignored or mixed into the run.
+    """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer, the loss
+    and the teacher must be the checkpoint's. A difference is an error naming both values, never ignored or mixed into the run.
     fused may differ: both paths compute the same function."""
     was = ckpt["config"]  # the settings as given: model_args resolves some (n_kv_head=0 is n_head)
-    changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + ("dataset", "data_dir")
+    changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + RUN_FIELDS
                if k != "fused" and was.get(k) != getattr(cfg, k)]
     if changed:
         raise ConfigError(f"init_from='resume' continues {path}, but the settings differ: {'; '.join(changed)}. "
@@ -318,21 +326,38 @@ def train(cfg):
     check_device(cfg.device)
     # rank 0 holds out_dir (if it cannot, it stops, and torchrun ends the other ranks)
     master = int(os.environ.get("RANK", 0)) == 0
-    with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext():
-        if not ddp:
-            return _train(cfg, cfg.device, ddp)
-        device = cfg.device
-        if device.startswith("cuda"):
-            device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        try:
-            return _train(cfg, device, ddp)
-        finally:
-            dist.destroy_process_group()
+    # cleanup closes the progress bar on any error, before the error is printed
+    try:
+        with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext(), \
+                contextlib.ExitStack() as cleanup:
+            if not ddp:
+                return _train(cfg, cfg.device, ddp, cleanup)
+            device = cfg.device
+            if device.startswith("cuda"):
+                device = f"cuda:{os.environ['LOCAL_RANK']}"
+                torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+            try:
+                return _train(cfg, device, ddp, cleanup)
+            finally:
+                dist.destroy_process_group()
+    except KeyboardInterrupt as e:
+        raise Interrupted(f"stopped by {e.args[0] if e.args else 'Ctrl-C'}; {kept(cfg.out_dir)}") from None
 
 
-def _train(cfg, device, ddp):
+def kept(out_dir):
+    """What an interrupted run leaves: the iteration its ckpt.pt holds (read lazily: mmap), or none."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    if not os.path.isfile(path):
+        return "no checkpoint was written, so the run is lost"
+    try:
+        iter_num = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["iter_num"]
+    except Exception:
+        return f"{path} is unreadable"
+    return (f"{path} keeps iter {iter_num} (continue with --init_from=resume); the iterations after it are lost")
+
+
+def _train(cfg, device, ddp, cleanup):
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     master = rank == 0
     device_type = device.split(":")[0]
@@ -375,6 +400,7 @@ def _train(cfg, device, ddp):
         if "cuda" in rng and device_type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"])
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        resumed_pending = ckpt.get("pending", [])
         del ckpt
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -412,6 +438,8 @@ def _train(cfg, device, ddp):
                 f.write(json.dumps(row) + "\n")
 
     pending = []  # (iter, (loss, ce, kd)) since the last row, read in one go: no sync per iteration
+    if cfg.init_from == "resume":  # the checkpoint's, so the first row after it averages what it would have
+        pending = [(it, torch.tensor(values, device=device)) for it, values in resumed_pending]
 
     def check_pending():
         """The pending losses, as floats averaged over ranks; stops on a non-finite one, on every rank."""
@@ -438,11 +466,11 @@ def _train(cfg, device, ddp):
     spent = {"eval": 0.0, "log": 0.0}
     start_iter, t_start = iter_num, time.time()
     t_row, spent_at_row = t_start, 0.0
-    pbar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
+    pbar = cleanup.enter_context(tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True))
     while True:
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            if pending:
-                check_pending()  # never save a checkpoint after a non-finite loss
+            # never save a checkpoint after a non-finite loss
+            pending_values = [(it, v) for (it, _), v in zip(pending, check_pending())] if pending else []
             t_eval = time.time()
             losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master else None]
             if ddp:
@@ -465,10 +493,12 @@ def _train(cfg, device, ddp):
                     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
                             "iter_num": iter_num, "val_loss": losses["val"], "best_val_loss": best_val_loss,
-                            "meta": meta, "rng": rng}
-                    save_checkpoint(ckpt, ckpt_path)
+                            "meta": meta, "rng": rng, "pending": pending_values}
+                    # best.pt first: stopped between the two, ckpt.pt is the earlier one, whose best_val_loss
+                    # makes the resumed run write this best.pt again when it gets here
                     if best:
                         save_checkpoint(ckpt, best_path)
+                    save_checkpoint(ckpt, ckpt_path)
                 saved_iter = iter_num
             spent["eval"] += time.time() - t_eval  # checkpoints included
         if iter_num >= cfg.max_iters:
@@ -521,8 +551,15 @@ def _train(cfg, device, ddp):
             "elapsed_s": elapsed, **{f"{k}_s": v for k, v in spent.items()}, "out_dir": cfg.out_dir}
 
 
+def terminated(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")  # stops the same way as Ctrl-C
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, terminated)
     try:
         train(load_config(sys.argv[1:], TrainConfig))
-    except (ConfigError, NonFiniteLoss, CheckpointError) as e:
+    except (ConfigError, NonFiniteLoss, CheckpointError, Interrupted) as e:
         sys.exit(f"{type(e).__name__}: {e}")
+    except KeyboardInterrupt:  # while reading the settings, before training started
+        sys.exit("Interrupted: stopped before training started")
