@@ -208,6 +208,11 @@ def check_bin(path, meta, block_size):
     vocab_size = vocab_of(meta)
     data = np.memmap(path, dtype=dtype, mode="r")
     top = max(int(data[s:s + 65536].max()) for s in np.linspace(0, max(0, n - 65536), 16).astype(np.int64))
+    if meta is None and top < 256:
+        # GPT-2 BPE text uses ids far beyond its 256 byte tokens; ids that stay below are another tokenizer's
+        raise ConfigError(f"{path} has no meta.pkl beside it, so it would be read as GPT-2 BPE, but its ids stay below "
+                          f"256 (the largest is {top}): data of another tokenizer (characters?); put the meta.pkl of "
+                          f"the prepare that made it beside it, or prepare the data again")
     if top >= vocab_size:
         where = "meta.pkl's" if meta is not None else "GPT-2's (there is no meta.pkl)"
         raise ConfigError(f"{path} holds token id {top}, beyond {where} vocab_size={vocab_size}: "
@@ -219,6 +224,9 @@ def find_data(data_dir, dataset, block_size):
     meta.pkl's dict or None, once both files are known to fit meta and block_size."""
     folder = data_dir or os.path.join(DATA_ROOT, dataset)
     missing = [s for s in ("train.bin", "val.bin") if not os.path.isfile(os.path.join(folder, s))]
+    if missing == ["train.bin"]:
+        raise ConfigError(f"{folder} has val.bin but no train.bin: data prepared for evaluation only (eval.py), "
+                          f"not for training; train on another dataset or data_dir")
     if missing and data_dir:
         raise ConfigError(f"data_dir={data_dir!r} has no {' or '.join(missing)}")
     if missing:
@@ -361,6 +369,21 @@ def describe_tokenizer(meta):
     return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
 
 
+def describe_tokenizers(meta, other):
+    """describe_tokenizer of two tokenizers, told apart where the words alone would read the same: two
+    character sets of one size name the first character they map differently."""
+    a, b = describe_tokenizer(meta), describe_tokenizer(other)
+    if a != b or tokenizer_of(meta) == tokenizer_of(other) or "stoi" not in (meta or {}):
+        return a, b
+    stoi, other_stoi = meta["stoi"], other["stoi"]
+    c = min(ch for ch in stoi.keys() | other_stoi.keys() if stoi.get(ch) != other_stoi.get(ch))
+
+    def maps(s):
+        return f"{c!r} is id {s[c]}" if c in s else f"no {c!r}"
+
+    return f"{a[:-1]}, {maps(stoi)}: the mappings differ)", f"{b[:-1]}, {maps(other_stoi)})"
+
+
 def load_tiktoken(*names):
     """The first of these tiktoken encodings that loads. tiktoken downloads an encoding's files once and
     keeps them in TIKTOKEN_CACHE_DIR; offline without them, say so instead of a network traceback."""
@@ -403,6 +426,9 @@ def hub_reachable(timeout=5):
 def check_hub(name, setting):
     """A name that is no local directory comes from the Hugging Face hub; without network, fail at once
     saying what would work, rather than after minutes of retries."""
+    if local_path(name) and not os.path.exists(name):
+        raise ConfigError(f"{setting}={name!r} does not exist (a local path, not a Hugging Face hub name): "
+                          f"was it deleted or moved, or is it mistyped?")
     if not os.path.isdir(name) and not hub_offline() and not hub_reachable():
         raise ConfigError(f"{setting}={name!r} needs the Hugging Face hub, which cannot be reached: connect, set "
                           f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
@@ -411,6 +437,9 @@ def check_hub(name, setting):
 def hf_tokenizer(name, setting="tokenizer"):
     """A Hugging Face tokenizer (AutoTokenizer) from a hub name or a local directory."""
     check_hub(name, setting)
+    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ConfigError(f"{setting}={name!r} is a directory without a Hugging Face tokenizer (no tokenizer.json or "
+                          f"tokenizer_config.json, which tokenizer.save_pretrained writes)")
     try:
         from transformers import AutoTokenizer
     except ImportError:
@@ -636,10 +665,22 @@ def read_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu")
     except Exception as e:  # torch says "failed finding central directory" and the like
         raise ConfigError(f"{path} cannot be read, the file is corrupt or truncated ({first_line(e)}); "
-                          f"an earlier checkpoint or a new run is needed") from None
+                          f"an earlier checkpoint or a new run is needed{other_checkpoint(path)}") from None
     if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
         raise ConfigError(f"{path} is not a checkpoint of train.py (it has no model and model_args)")
     return ckpt
+
+
+def other_checkpoint(path):
+    """A hint naming the run's other checkpoint beside path (best.pt for ckpt.pt and back), if there is one."""
+    other = {"best.pt": "ckpt.pt", "ckpt.pt": "best.pt"}.get(os.path.basename(path))
+    other_path = os.path.join(os.path.dirname(path), other or "")
+    if other is None or not os.path.isfile(other_path):
+        return ""
+    if other == "ckpt.pt":
+        return f"; the run's last checkpoint {other_path} is beside it: load that file instead"
+    return (f"; the run's best checkpoint {other_path} is beside it: load that file instead, or copy it to {path} "
+            f"to resume from its iteration")
 
 
 def describe_checkpoint(path, ckpt):
@@ -651,7 +692,14 @@ def describe_checkpoint(path, ckpt):
 # loading a model: a checkpoint of this repo or a pretrained one
 
 
-HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")  # a hub name is organisation/model; older ones have no organisation
+HUB_NAME = re.compile(r"\w[\w.-]*/\w[\w.-]*")  # a hub name is organisation/model; older ones have no organisation
+
+
+def local_path(name):
+    """Whether name can only be a local path, never a hub name: absolute, ./ or ../ or ~, more than one /,
+    or a first part that is a local directory (out/teachr)."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+            or ("/" in name and os.path.isdir(name.split("/")[0])))
 
 
 def checkpoint_path(name):
@@ -773,7 +821,7 @@ def load_teacher(name, device, meta, block_size, compile=False):
         teacher_meta = pretrained_meta(name, config, "teacher")
         text = config.get_text_config()
         context, vocab_size = ("max_position_embeddings", text.max_position_embeddings), text.vocab_size
-    tokenizers = f"teacher: {describe_tokenizer(teacher_meta)}, data: {describe_tokenizer(meta)}"
+    tokenizers = "teacher: {}, data: {}".format(*describe_tokenizers(teacher_meta, meta))
     if tokenizer_of(teacher_meta) != tokenizer_of(meta):
         raise ConfigError(f"teacher {name!r} has another tokenizer than the data; {tokenizers}")
     if context[1] < block_size:

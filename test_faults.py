@@ -133,3 +133,162 @@ def test_a_checkpoint_error_is_printed_after_the_progress_bar_is_closed(tmp_path
         train(tiny(tmp_path, max_iters=4, eval_interval=2))
     err = capsys.readouterr().err
     assert err.endswith("\n") and "0/4" in err  # the bar ended its line: what follows starts a line of its own
+
+
+# --------------------------------------------------------------------------------------------------
+# settings: the lr schedule follows --max_iters, config files that fail, --help into a closed pipe
+
+
+def test_max_iters_alone_carries_the_cosine_decay():
+    """lr_decay_iters=0 (the default, and what the configs leave) is max_iters: a shorter run still ends at min_lr."""
+    cfg = common.load_config(["config/train_shakespeare_char_cpu.py", "--max_iters=200"], TrainConfig)
+    assert (cfg.lr_decay_iters, train_module.get_lr(cfg, 200)) == (0, cfg.min_lr)
+    assert train_module.get_lr(cfg, 150) > cfg.min_lr
+    cfg = common.load_config(["config/train_shakespeare_char_cpu.py", "--max_iters=200", "--lr_decay_iters=400"], TrainConfig)
+    assert train_module.get_lr(cfg, 200) > cfg.min_lr  # given, it is kept
+
+
+@pytest.mark.parametrize("text, message", [
+    ("n_layer = 2\nn_head = 1 / 0\n", "line 2: ZeroDivisionError: division by zero"),
+    ("n_layer = (2,\n", "line 1: SyntaxError: '(' was never closed"),
+    ("import os\nout_dir = os.path.join(1)\n", "line 2: TypeError: expected str, bytes or os.PathLike object, not int"),
+])
+def test_a_config_file_that_fails_is_one_line_with_file_and_line(tmp_path, text, message):
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    done = subprocess.run([sys.executable, "train.py", str(path)], cwd=REPO, capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (1, f"ConfigError: config file {path}, {message}\n")
+
+
+def test_help_into_a_closed_pipe_exits_quietly():
+    """python train.py --help | head -1: the reader is gone before the help is written."""
+    read, write = os.pipe()
+    os.close(read)
+    done = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+# --------------------------------------------------------------------------------------------------
+# out_dir that cannot be one, and its lock
+
+
+def test_an_out_dir_that_is_a_file_or_below_one_or_read_only(tmp_path, monkeypatch):
+    data = make_char_data(tmp_path / "data")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=f"^out_dir='{tmp_path / 'file'}' is a file, not a directory; choose another out_dir$"):
+        train(tiny(tmp_path, "file", data))
+    with pytest.raises(ConfigError, match=f"^out_dir='{tmp_path / 'file' / 'a' / 'b'}' lies below {tmp_path / 'file'}, "
+                                          "which is a file, not a directory$"):
+        train(tiny(tmp_path, "file/a/b", data))
+
+    def read_only(path, exist_ok=False):  # chmod does not stop root, so the file system's answer is mocked
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    with pytest.raises(ConfigError, match=f"^out_dir='{tmp_path / 'ro'}' cannot be made \\(Read-only file system\\); "
+                                          "choose another out_dir$"):
+        train(tiny(tmp_path, "ro", data))
+
+
+def test_an_empty_lock_is_taken_over_and_a_lock_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    """A full disk once left a 0-byte train.lock; the lock is now written whole before it is linked into place."""
+    data = make_char_data(tmp_path / "data")
+    (tmp_path / "out").mkdir()
+    lock = tmp_path / "out" / "train.lock"
+    lock.write_text("")
+    train(tiny(tmp_path, data=data, max_iters=1))
+    assert f"taking over {lock}: it is empty, left by a failed write (a full disk?)" in capsys.readouterr().out
+    assert not lock.exists()
+    real_open = open
+
+    def disk_full(path, mode="r", *args, **kw):
+        if str(path).startswith(str(lock)) and "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kw)
+
+    monkeypatch.setattr("builtins.open", disk_full)
+    with pytest.raises(ConfigError, match=f"^out_dir='{tmp_path / 'out'}': could not write the lock {lock} \\(No space left "
+                                          f"on device\\); free some space or choose another out_dir$"):
+        train(tiny(tmp_path, data=data, max_iters=2, init_from="resume"))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "out")) == ["best.pt", "ckpt.pt", "metrics.jsonl"]
+
+
+# --------------------------------------------------------------------------------------------------
+# data, checkpoints and tokenizers that are not what they seem
+
+
+def test_character_data_without_meta_is_refused_not_read_as_gpt2(tmp_path):
+    data = make_char_data(tmp_path / "data")
+    os.remove(os.path.join(data, "meta.pkl"))  # a copied folder, without its meta.pkl
+    with pytest.raises(ConfigError, match=f"^{data}/train.bin has no meta.pkl beside it, so it would be read as GPT-2 BPE, "
+                                          "but its ids stay below 256 \\(the largest is 7\\): data of another tokenizer"):
+        train(tiny(tmp_path, data=data))
+
+
+def test_eval_only_data_says_so(tmp_path):
+    data = make_char_data(tmp_path / "c4")
+    os.remove(os.path.join(data, "train.bin"))
+    with pytest.raises(ConfigError, match=f"^{data} has val.bin but no train.bin: data prepared for evaluation only "
+                                          "\\(eval.py\\), not for training; train on another dataset or data_dir$"):
+        train(tiny(tmp_path, data=data))
+
+
+def test_swapped_characters_say_the_mappings_differ(tmp_path):
+    data = make_char_data(tmp_path / "data")
+    train(tiny(tmp_path, "teacher", data, max_iters=1))
+    swapped = data  # prepared again, with two characters swapped
+    meta_path = os.path.join(swapped, "meta.pkl")
+    meta = common.read_meta(swapped)
+    meta["stoi"].update(a=1, b=0)
+    meta["itos"].update({0: "b", 1: "a"})
+    with open(meta_path, "wb") as f:
+        __import__("pickle").dump(meta, f)
+    with pytest.raises(ConfigError, match="another tokenizer than the data; teacher: character-level \\(8 characters, "
+                                          "'a' is id 0: the mappings differ\\), data: character-level \\(8 characters, 'a' is id 1\\)$"):
+        train(tiny(tmp_path, "student", swapped, loss="kd", teacher=str(tmp_path / "teacher")))
+    with pytest.raises(ConfigError, match="was trained on character-level \\(8 characters, 'a' is id 0: the mappings "
+                                          "differ\\) \\(vocab_size=8\\), but the data in .* is character-level \\(8 characters, 'a' is id 1\\)"):
+        train(tiny(tmp_path, "teacher", swapped, max_iters=2, init_from="resume"))
+
+
+def test_a_corrupt_checkpoint_names_the_other_one_beside_it(tmp_path):
+    data = make_char_data(tmp_path / "data")
+    train(tiny(tmp_path, data=data, max_iters=1))
+    out = tmp_path / "out"
+    (out / "best.pt").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match=f"; the run's last checkpoint {out / 'ckpt.pt'} is beside it: load that file instead$"):
+        common.load_model(str(out / "best.pt"))
+    (out / "best.pt").write_bytes((out / "ckpt.pt").read_bytes())
+    (out / "ckpt.pt").write_bytes(b"not a zip")
+    hint = f"the run's best checkpoint {out / 'best.pt'} is beside it: load that file instead, or copy it to {out / 'ckpt.pt'}"
+    with pytest.raises(ConfigError, match=f"; {hint} to resume from its iteration$"):
+        train(tiny(tmp_path, data=data, max_iters=2, init_from="resume"))
+    os.remove(out / "ckpt.pt")
+    with pytest.raises(ConfigError, match=f"^init_from='resume' but there is no {out / 'ckpt.pt'}; {out / 'best.pt'} is "
+                                          f"there: copy it to {out / 'ckpt.pt'} to resume from its iteration$"):
+        train(tiny(tmp_path, data=data, max_iters=2, init_from="resume"))
+
+
+@pytest.mark.parametrize("teacher", ["./out-teachr", "../x", "out/teachr"])
+def test_a_mistyped_teacher_path_is_missing_not_a_hub_name(tmp_path, monkeypatch, teacher):
+    monkeypatch.chdir(tmp_path)
+    data = make_char_data(tmp_path / "data")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match=f"^teacher='{teacher}' (is no file or directory|does not exist \\(a local path, not "
+                                          "a Hugging Face hub name\\))"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher=teacher))
+
+
+def test_a_deleted_tokenizer_directory_is_missing_not_needing_the_hub(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(common, "hub_reachable", lambda: False)
+    gone = str(tmp_path / "tokenizer")
+    with pytest.raises(ConfigError, match=f"^tokenizer='{gone}' does not exist \\(a local path, not a Hugging Face hub name\\): "
+                                          "was it deleted or moved, or is it mistyped\\?$"):
+        common.get_tokenizer({"vocab_size": 10, "tokenizer": gone, "vocab_hash": "0"})
+    os.mkdir(gone)
+    with pytest.raises(ConfigError, match=f"^tokenizer='{gone}' is a directory without a Hugging Face tokenizer \\(no "
+                                          "tokenizer.json or tokenizer_config.json, which tokenizer.save_pretrained writes\\)"):
+        common.hf_tokenizer(gone)

@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer,
+from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizers,
                     find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
                     read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
 from model import GPT, GPTConfig
@@ -123,7 +123,7 @@ class TrainConfig:
     # learning-rate schedule, both after a linear warmup
     lr_schedule: str = "cosine"  # "cosine" down to min_lr at lr_decay_iters, or "wsd" (warmup-stable-decay)
     warmup_iters: int = 2000
-    lr_decay_iters: int = 600000  # cosine only
+    lr_decay_iters: int = 0  # cosine only; 0: max_iters, so that --max_iters alone still ends the decay
     decay_frac: float = 0.2  # wsd only: linear decay to min_lr over the last decay_frac of max_iters
     min_lr: float = 6e-5
     # system
@@ -153,7 +153,7 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.warmup_iters > self.max_iters:
             raise ConfigError(f"warmup_iters={self.warmup_iters} must be at most max_iters={self.max_iters}")
-        if self.lr_schedule == "cosine" and self.lr_decay_iters < self.warmup_iters:
+        if self.lr_schedule == "cosine" and 0 < self.lr_decay_iters < self.warmup_iters:
             raise ConfigError(f"lr_decay_iters={self.lr_decay_iters} must be at least warmup_iters={self.warmup_iters} "
                               f"(the cosine decay follows the warmup)")
         if self.loss == "kd" and not self.teacher:
@@ -199,9 +199,10 @@ def get_lr(cfg, it):
             return cfg.learning_rate
         frac = min(1.0, (it - decay_start) / (cfg.max_iters - decay_start))
         return cfg.learning_rate + frac * (cfg.min_lr - cfg.learning_rate)
-    if it > cfg.lr_decay_iters:
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it > decay_iters:
         return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
@@ -264,8 +265,9 @@ def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
                           f"Resume with the run's settings (its config, without those overrides) or start a new out_dir")
     ckpt_vocab = ckpt["model_args"]["vocab_size"]
     if ckpt_vocab != vocab_size or tokenizer_of(ckpt.get("meta")) != tokenizer_of(meta):
-        raise ConfigError(f"init_from='resume': {path} was trained on {describe_tokenizer(ckpt.get('meta'))} "
-                          f"(vocab_size={ckpt_vocab}), but the data in {data_dir} is {describe_tokenizer(meta)} "
+        there, here = describe_tokenizers(ckpt.get("meta"), meta)
+        raise ConfigError(f"init_from='resume': {path} was trained on {there} "
+                          f"(vocab_size={ckpt_vocab}), but the data in {data_dir} is {here} "
                           f"(vocab_size={vocab_size}); resume on the run's data or start a new out_dir")
 
 
@@ -379,7 +381,8 @@ def _train(cfg, device, ddp, cleanup):
     ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     if cfg.init_from == "resume":
         if not os.path.isfile(ckpt_path):
-            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}")
+            hint = f"; {best_path} is there: copy it to {ckpt_path} to resume from its iteration" if os.path.isfile(best_path) else ""
+            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}{hint}")
         ckpt = read_checkpoint(ckpt_path)
         check_resume(cfg, ckpt, ckpt_path, meta, vocab_size, data_dir)
         if len(ckpt["rng"]) != world:
