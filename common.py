@@ -77,6 +77,8 @@ def read_config_file(path):
     """The names a config file assigns (it is python, run with exec), less dunders and imported modules."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found (overrides are written --key=value)")
+    if not path.endswith(".py"):  # python to run: never a data file given where a config file goes
+        raise ConfigError(f"{path!r} is not a config file (python, .py); settings are written --key=value (see --help)")
     namespace = {}
     with open(path) as f:
         source = f.read()
@@ -267,6 +269,18 @@ def prepare_default_data(dataset, data_dir):
         raise ConfigError(f"preparing {folder} failed ({why}); run python {prepare} to see why")
 
 
+def read_text(path):
+    """The text of a UTF-8 file to prepare; a missing or binary file is one line naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"input={path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                          f"give a text file") from None
+    except OSError as e:
+        raise ConfigError(f"input={path!r} cannot be read ({e.strerror})") from None
+
+
 def encode_docs(docs, encode_batch, separator, batch_size=256):
     """Yields the token ids of each text document, each preceded by separator (as nanoGPT's openwebtext
     does with GPT-2's <|endoftext|>); the documents go to encode_batch in batches, which tiktoken and
@@ -287,12 +301,13 @@ def write_data(out_dir, splits, meta):
     "dtype" (uint16 if the vocabulary fits, else uint32) and "tokens" (each file's count). Every file is
     written under a temporary name and renamed when whole, meta.pkl last, and find_data checks the counts:
     an interrupted run leaves no half-written file and no new .bin unnoticed beside an old meta.pkl.
-    A split of fewer than 2 tokens (not one next-token pair) is refused before anything is replaced.
-    Returns the meta written."""
+    A split of fewer than 2 tokens (not one next-token pair) is refused, and a full disk or file-size limit
+    is one line, before anything is replaced; an out_dir this made is removed again then. Returns the meta written."""
     vocab_size = meta["vocab_size"]
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = {split: os.path.join(out_dir, f"{split}.bin.tmp") for split in splits}
+    made = not os.path.isdir(out_dir)
+    make_dir(out_dir, "out_dir")
+    tmp = {split: os.path.join(out_dir, f"{split}.bin.tmp") for split in [*splits, "meta"]}
     tokens = {}
     try:
         for split, chunks in splits.items():
@@ -306,16 +321,21 @@ def write_data(out_dir, splits, meta):
                     tokens[split] += ids.size
             if tokens[split] < 2:
                 raise ConfigError(f"the {split} split has {tokens[split]} tokens: the input is empty or too short")
+        meta = {**meta, "dtype": dtype.name, "tokens": tokens}
+        with open(tmp["meta"], "wb") as f:
+            pickle.dump(meta, f)
         for split in splits:
             os.replace(tmp[split], os.path.join(out_dir, f"{split}.bin"))
+        os.replace(tmp["meta"], os.path.join(out_dir, "meta.pkl"))
+    except OSError as e:  # a full disk (ENOSPC), a file-size limit (EFBIG)
+        raise ConfigError(f"could not write the data in out_dir={out_dir!r} ({e.strerror}); "
+                          f"nothing there was changed") from None
     finally:
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
-    meta = {**meta, "dtype": dtype.name, "tokens": tokens}
-    with open(os.path.join(out_dir, "meta.pkl.tmp"), "wb") as f:
-        pickle.dump(meta, f)
-    os.replace(os.path.join(out_dir, "meta.pkl.tmp"), os.path.join(out_dir, "meta.pkl"))
+        if made and not os.listdir(out_dir):
+            os.rmdir(out_dir)
     print(", ".join(f"{split} has {n:,} tokens" for split, n in tokens.items()) + f" ({dtype.name})")
     return meta
 

@@ -14,7 +14,7 @@ import torch
 import common
 import train as train_module
 from common import CheckpointError, ConfigError, read_jsonl
-from test_model import make_char_data, tiny
+from test_model import load_script, make_char_data, tiny
 from test_runs import same_weights, weights
 from train import Interrupted, TrainConfig, train
 
@@ -292,3 +292,65 @@ def test_a_deleted_tokenizer_directory_is_missing_not_needing_the_hub(tmp_path, 
     with pytest.raises(ConfigError, match=f"^tokenizer='{gone}' is a directory without a Hugging Face tokenizer \\(no "
                                           "tokenizer.json or tokenizer_config.json, which tokenizer.save_pretrained writes\\)"):
         common.hf_tokenizer(gone)
+
+
+# --------------------------------------------------------------------------------------------------
+# the prepare scripts
+
+
+PREPARE = ("shakespeare_char", "shakespeare", "c4", "fineweb_edu")
+
+
+def prepare(name, *args, **kw):
+    return subprocess.run([sys.executable, os.path.join(REPO, "data", name, "prepare.py"), *args], capture_output=True,
+                          text=True, **kw)
+
+
+def test_every_prepare_script_has_a_help(monkeypatch):
+    """--help, not the input file named --help; the other scripts' help from their dataclass, as --help prints it."""
+    done = prepare("shakespeare_char", "--help")
+    assert done.returncode == 0 and "\nsettings, with their defaults:\n  --input=''    a UTF-8 text file" in done.stdout
+    for name in PREPARE[1:]:
+        module = load_script(f"data/{name}/prepare.py")
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        assert "\n  --out_dir=''  " in common.settings_help(module.PrepareConfig)
+
+
+@pytest.mark.parametrize("name", ["shakespeare_char", "shakespeare"])
+def test_a_missing_or_binary_input_is_one_line(tmp_path, name):
+    module = load_script(f"data/{name}/prepare.py")
+    missing, binary, out = str(tmp_path / "missing.txt"), tmp_path / "binary", str(tmp_path / "out")
+    with pytest.raises(ConfigError, match=f"^input='{missing}' cannot be read \\(No such file or directory\\)$"):
+        module.main(missing, out)
+    binary.write_bytes(b"text, then \xff\xfe")
+    with pytest.raises(ConfigError, match=f"^input='{binary}' is not UTF-8 text \\(byte 0xff at offset 11\\): give a text file$"):
+        module.main(str(binary), out)
+    with pytest.raises(ConfigError, match=f"^'{binary}' is not a config file \\(python, .py\\); settings are written "
+                                          "--key=value \\(see --help\\)$"):  # not --input=: read as a config file
+        common.load_config([str(binary)], module.PrepareConfig)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_size_limit_while_preparing_leaves_the_data_as_it_was(tmp_path):
+    """RLIMIT_FSIZE makes writes past 100 kB fail with EFBIG, as a full disk fails with ENOSPC: the earlier
+    data stays whole, and a new out_dir is not left behind empty."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    old = make_char_data(tmp_path / "old")
+    before = {name: (tmp_path / "old" / name).read_bytes() for name in os.listdir(old)}
+    for out in (old, str(tmp_path / "new")):
+        done = prepare("shakespeare_char", f"--out_dir={out}", preexec_fn=limit)
+        assert (done.returncode, done.stderr) == (1, f"ConfigError: could not write the data in out_dir='{out}' "
+                                                     "(File too large); nothing there was changed\n")
+    assert {name: (tmp_path / "old" / name).read_bytes() for name in os.listdir(old)} == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_fineweb_checks_its_token_counts_before_the_hub(monkeypatch):
+    monkeypatch.setattr(common, "hub_reachable", lambda: pytest.fail("the hub was asked first"))
+    prep = load_script("data/fineweb_edu/prepare.py")
+    with pytest.raises(ConfigError, match="^need 0 < val_tokens < num_tokens, got val_tokens=10, num_tokens=5$"):
+        prep.main(["--val_tokens=10", "--num_tokens=5"])
