@@ -457,7 +457,8 @@ def check_hub(name, setting):
 def hf_tokenizer(name, setting="tokenizer"):
     """A Hugging Face tokenizer (AutoTokenizer) from a hub name or a local directory."""
     check_hub(name, setting)
-    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    saved = ("tokenizer.json", "tokenizer_config.json")
+    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in saved):
         raise ConfigError(f"{setting}={name!r} is a directory without a Hugging Face tokenizer (no tokenizer.json or "
                           f"tokenizer_config.json, which tokenizer.save_pretrained writes)")
     try:

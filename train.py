@@ -255,8 +255,8 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
 
 def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
     """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer, the loss
-    and the teacher must be the checkpoint's. A difference is an error naming both values, never ignored or mixed into the run.
-    fused may differ: both paths compute the same function."""
+    and the teacher must be the checkpoint's. A difference is an error naming both values, never ignored or
+    mixed into the run. fused may differ: both paths compute the same function."""
     was = ckpt["config"]  # the settings as given: model_args resolves some (n_kv_head=0 is n_head)
     changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + RUN_FIELDS
                if k != "fused" and was.get(k) != getattr(cfg, k)]
@@ -329,34 +329,35 @@ def train(cfg):
     # rank 0 holds out_dir (if it cannot, it stops, and torchrun ends the other ranks)
     master = int(os.environ.get("RANK", 0)) == 0
     # cleanup closes the progress bar on any error, before the error is printed
+    with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext(), \
+            contextlib.ExitStack() as cleanup, reported_interrupts(cfg.out_dir):
+        if not ddp:
+            return _train(cfg, cfg.device, ddp, cleanup)
+        device = cfg.device
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        try:
+            return _train(cfg, device, ddp, cleanup)
+        finally:
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def reported_interrupts(out_dir):
+    """Ctrl-C (and SIGTERM, which the script turns into Ctrl-C) raises Interrupted, saying what out_dir keeps:
+    the iteration its ckpt.pt holds (read lazily: mmap), or none."""
     try:
-        with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext(), \
-                contextlib.ExitStack() as cleanup:
-            if not ddp:
-                return _train(cfg, cfg.device, ddp, cleanup)
-            device = cfg.device
-            if device.startswith("cuda"):
-                device = f"cuda:{os.environ['LOCAL_RANK']}"
-                torch.cuda.set_device(device)
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-            try:
-                return _train(cfg, device, ddp, cleanup)
-            finally:
-                dist.destroy_process_group()
+        yield
     except KeyboardInterrupt as e:
-        raise Interrupted(f"stopped by {e.args[0] if e.args else 'Ctrl-C'}; {kept(cfg.out_dir)}") from None
-
-
-def kept(out_dir):
-    """What an interrupted run leaves: the iteration its ckpt.pt holds (read lazily: mmap), or none."""
-    path = os.path.join(out_dir, "ckpt.pt")
-    if not os.path.isfile(path):
-        return "no checkpoint was written, so the run is lost"
-    try:
-        iter_num = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["iter_num"]
-    except Exception:
-        return f"{path} is unreadable"
-    return (f"{path} keeps iter {iter_num} (continue with --init_from=resume); the iterations after it are lost")
+        path = os.path.join(out_dir, "ckpt.pt")
+        if not os.path.isfile(path):
+            kept = "no checkpoint was written, so the run is lost"
+        else:
+            iter_num = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["iter_num"]
+            kept = f"{path} keeps iter {iter_num} (continue with --init_from=resume); the iterations after it are lost"
+        raise Interrupted(f"stopped by {e.args[0] if e.args else 'Ctrl-C'}; {kept}") from None
 
 
 def _train(cfg, device, ddp, cleanup):
@@ -381,8 +382,8 @@ def _train(cfg, device, ddp, cleanup):
     ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     if cfg.init_from == "resume":
         if not os.path.isfile(ckpt_path):
-            hint = f"; {best_path} is there: copy it to {ckpt_path} to resume from its iteration" if os.path.isfile(best_path) else ""
-            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}{hint}")
+            hint = f"; {best_path} is there: copy it to {ckpt_path} to resume from its iteration"
+            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}{hint if os.path.isfile(best_path) else ''}")
         ckpt = read_checkpoint(ckpt_path)
         check_resume(cfg, ckpt, ckpt_path, meta, vocab_size, data_dir)
         if len(ckpt["rng"]) != world:
