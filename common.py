@@ -448,7 +448,7 @@ def check_hub(name, setting):
     saying what would work, rather than after minutes of retries."""
     if local_path(name) and not os.path.exists(name):
         raise ConfigError(f"{setting}={name!r} does not exist (a local path, not a Hugging Face hub name): "
-                          f"was it deleted or moved, or is it mistyped?")
+                          f"deleted, moved or mistyped")
     if not os.path.isdir(name) and not hub_offline() and not hub_reachable():
         raise ConfigError(f"{setting}={name!r} needs the Hugging Face hub, which cannot be reached: connect, set "
                           f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
