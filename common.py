@@ -620,7 +620,7 @@ def take_lock(lock, out_dir):
             pass
         except OSError as e:  # a full disk, a read-only file system
             raise ConfigError(f"out_dir={out_dir!r}: could not write the lock {lock} ({e.strerror}); "
-                              f"free some space or choose another out_dir") from None
+                              f"out_dir must be writable, with some free space") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(mine)

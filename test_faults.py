@@ -210,7 +210,7 @@ def test_an_empty_lock_is_taken_over_and_a_lock_that_cannot_be_written_is_one_li
 
     monkeypatch.setattr("builtins.open", disk_full)
     with pytest.raises(ConfigError, match=f"^out_dir='{tmp_path / 'out'}': could not write the lock {lock} \\(No space left "
-                                          f"on device\\); free some space or choose another out_dir$"):
+                                          f"on device\\); out_dir must be writable, with some free space$"):
         train(tiny(tmp_path, data=data, max_iters=2, init_from="resume"))
     monkeypatch.undo()
     assert sorted(os.listdir(tmp_path / "out")) == ["best.pt", "ckpt.pt", "metrics.jsonl"]
