@@ -10,7 +10,7 @@ overrides follow; later ones win. As a library: train(load_config([...], TrainCo
 A fresh run (init_from="scratch") refuses an out_dir that already holds one (--overwrite=True replaces it);
 one process at a time trains in an out_dir (out_dir/train.lock holds its pid while it does). Writes
   out_dir/ckpt.pt        the last checkpoint, which init_from="resume" continues (it must have the same
-                         model settings, data and tokenizer)
+                         model settings, data, tokenizer, loss and teacher)
   out_dir/best.pt        the checkpoint of the lowest val loss, which sample.py, analyze.py and a KD
                          teacher given as an out_dir load; val_loss and iter_num in it are its own
   out_dir/metrics.jsonl  one JSON object per logged step:
@@ -25,7 +25,8 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
   and after the last iter   the same, and the last checkpoint is written
 With always_save_checkpoint=True ckpt.pt is written at every evaluation, else only when the val loss
 improves and after the last iter. The first run of the default dataset prepares it from the embedded corpus.
-At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging".
+At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging". Ctrl-C or SIGTERM stops
+it with one line naming the checkpoint that is kept.
 """
 
 import contextlib
