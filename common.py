@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import tokenize
+import traceback
 import types
 import urllib.error
 import urllib.request
@@ -77,9 +78,18 @@ def read_config_file(path):
     """The names a config file assigns (it is python, run with exec), less dunders and imported modules."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} not found (overrides are written --key=value)")
+    if not path.endswith(".py"):  # python to run: never a data file given where a config file goes
+        raise ConfigError(f"{path!r} is not a config file (python, .py); settings are written --key=value (see --help)")
     namespace = {}
     with open(path) as f:
-        exec(compile(f.read(), path, "exec"), namespace)
+        source = f.read()
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}, line {e.lineno}: SyntaxError: {e.msg}") from None
+    except Exception as e:  # the line of the file itself, not of whatever it called
+        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
+        raise ConfigError(f"config file {path}, line {line}: {first_line(e)}") from None
     return {k: v for k, v in namespace.items() if not k.startswith("__") and not isinstance(v, types.ModuleType)}
 
 
@@ -115,7 +125,10 @@ def load_config(argv, cls):
     An override's value is a python literal (--lr=3e-4, --bias=False); string fields also take bare text.
     -h or --help prints the settings with their defaults and comments, and exits."""
     if "-h" in argv or "--help" in argv:
-        print(settings_help(cls))
+        try:
+            print(settings_help(cls), flush=True)
+        except BrokenPipeError:  # python train.py --help | head -1: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when python flushes at exit
         sys.exit(0)
     types_ = {f.name: type(f.default) for f in dataclasses.fields(cls)}
     values = {}
@@ -294,6 +307,11 @@ def check_bin(path, meta, block_size):
     vocab_size = vocab_of(meta)
     data = np.memmap(path, dtype=dtype, mode="r")
     top = max(int(data[s:s + 65536].max()) for s in np.linspace(0, max(0, n - 65536), 16).astype(np.int64))
+    if meta is None and top < 256:
+        # GPT-2 BPE text uses ids far beyond its 256 byte tokens; ids that stay below are another tokenizer's
+        raise ConfigError(f"{path} has no meta.json beside it, so it would be read as GPT-2 BPE, but its ids stay below "
+                          f"256 (the largest is {top}): data of another tokenizer (characters?); put the meta.json of "
+                          f"the prepare that made it beside it, or prepare the data again")
     if top >= vocab_size:
         where = f"{meta_name}'s" if meta is not None else "GPT-2's (there is no meta.json)"
         raise ConfigError(f"{path} holds token id {top}, beyond {where} vocab_size={vocab_size}: "
@@ -305,6 +323,9 @@ def find_data(data_dir, dataset, block_size):
     metadata's dict or None, once both files are known to fit meta and block_size."""
     folder = data_dir or os.path.join(DATA_ROOT, dataset)
     missing = [s for s in ("train.bin", "val.bin") if not os.path.isfile(os.path.join(folder, s))]
+    if missing == ["train.bin"]:
+        raise ConfigError(f"{folder} has val.bin but no train.bin: data prepared for evaluation only (eval.py), "
+                          f"not for training; train on another dataset or data_dir")
     if missing and data_dir:
         raise ConfigError(f"data_dir={data_dir!r} has no {' or '.join(missing)}")
     if missing:
@@ -345,6 +366,18 @@ def prepare_default_data(dataset, data_dir):
         raise ConfigError(f"preparing {folder} failed ({why}); run python {prepare} to see why")
 
 
+def read_text(path):
+    """The text of a UTF-8 file to prepare; a missing or binary file is one line naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"input={path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                          f"give a text file") from None
+    except OSError as e:
+        raise ConfigError(f"input={path!r} cannot be read ({e.strerror})") from None
+
+
 def encode_docs(docs, encode_batch, separator, batch_size=256):
     """Yields the token ids of each text document, each preceded by separator (as nanoGPT's openwebtext
     does with GPT-2's <|endoftext|>); the documents go to encode_batch in batches, which tiktoken and
@@ -365,12 +398,14 @@ def write_data(out_dir, splits, meta):
     "dtype" (uint16 if the vocabulary fits, else uint32) and "tokens" (each file's count). Every file is
     written under a temporary name and renamed when whole, meta.json last, and find_data checks the counts:
     an interrupted run leaves no half-written file and no new .bin unnoticed beside an old meta.json.
-    A split of fewer than 2 tokens (not one next-token pair) is refused before anything is replaced.
-    Returns the meta written."""
+    A split of fewer than 2 tokens (not one next-token pair) is refused, and a full disk or file-size limit
+    is one line, before anything is replaced; an out_dir this made is removed again then. Returns the meta written."""
     vocab_size = meta["vocab_size"]
     dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
-    os.makedirs(out_dir, exist_ok=True)
+    made = not os.path.isdir(out_dir)
+    make_dir(out_dir, "out_dir")
     tmp = {split: os.path.join(out_dir, f"{split}.bin.tmp") for split in splits}
+    tmp["meta"] = os.path.join(out_dir, "meta.json.tmp")
     tokens = {}
     try:
         for split, chunks in splits.items():
@@ -384,26 +419,36 @@ def write_data(out_dir, splits, meta):
                     tokens[split] += ids.size
             if tokens[split] < 2:
                 raise ConfigError(f"the {split} split has {tokens[split]} tokens: the input is empty or too short")
+        meta = {**meta, "dtype": dtype.name, "tokens": tokens}
+        write_meta(out_dir, meta, publish=False)
         for split in splits:
             os.replace(tmp[split], os.path.join(out_dir, f"{split}.bin"))
+        publish_meta(out_dir)
+    except OSError as e:  # a full disk (ENOSPC), a file-size limit (EFBIG)
+        raise ConfigError(f"could not write the data in out_dir={out_dir!r} ({e.strerror}); "
+                          f"nothing there was changed") from None
     finally:
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
-    meta = {**meta, "dtype": dtype.name, "tokens": tokens}
-    write_meta(out_dir, meta)
+        if made and not os.listdir(out_dir):
+            os.rmdir(out_dir)
     print(", ".join(f"{split} has {n:,} tokens" for split, n in tokens.items()) + f" ({dtype.name})")
     return meta
 
 
-def write_meta(folder, meta):
-    """Writes meta as folder/meta.json, whole or not at all (a temporary file, then a rename). The meta.pkl of
-    an earlier preparation goes: it described .bin files that are replaced now. JSON keys are strings, so
-    itos's ids are written as strings; read_meta makes them ints again."""
-    path = os.path.join(folder, "meta.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+def write_meta(folder, meta, publish=True):
+    """Writes meta as folder/meta.json, whole or not at all: to meta.json.tmp, then (publish) renamed. The
+    meta.pkl of an earlier preparation goes: it described .bin files that are replaced now. JSON keys are
+    strings, so itos's ids are written as strings; read_meta makes them ints again."""
+    with open(os.path.join(folder, "meta.json.tmp"), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False, indent=1)
-    os.replace(path + ".tmp", path)
+    if publish:
+        publish_meta(folder)
+
+
+def publish_meta(folder):
+    os.replace(os.path.join(folder, "meta.json.tmp"), os.path.join(folder, "meta.json"))
     if os.path.isfile(os.path.join(folder, "meta.pkl")):
         os.remove(os.path.join(folder, "meta.pkl"))
 
@@ -457,6 +502,21 @@ def describe_tokenizer(meta):
     return "GPT-2 BPE" if kind == "gpt2" else f"BPE {kind!r}"
 
 
+def describe_tokenizers(meta, other):
+    """describe_tokenizer of two tokenizers, told apart where the words alone would read the same: two
+    character sets of one size name the first character they map differently."""
+    a, b = describe_tokenizer(meta), describe_tokenizer(other)
+    if a != b or tokenizer_of(meta) == tokenizer_of(other) or "stoi" not in (meta or {}):
+        return a, b
+    stoi, other_stoi = meta["stoi"], other["stoi"]
+    c = min(ch for ch in stoi.keys() | other_stoi.keys() if stoi.get(ch) != other_stoi.get(ch))
+
+    def maps(s):
+        return f"{c!r} is id {s[c]}" if c in s else f"no {c!r}"
+
+    return f"{a[:-1]}, {maps(stoi)}: the mappings differ)", f"{b[:-1]}, {maps(other_stoi)})"
+
+
 def load_tiktoken(*names):
     """The first of these tiktoken encodings that loads. tiktoken downloads an encoding's files once and
     keeps them in TIKTOKEN_CACHE_DIR; offline without them, say so instead of a network traceback."""
@@ -499,6 +559,9 @@ def hub_reachable(timeout=5):
 def check_hub(name, setting):
     """A name that is no local directory comes from the Hugging Face hub; without network, fail at once
     saying what would work, rather than after minutes of retries."""
+    if local_path(name) and not os.path.exists(name):
+        raise ConfigError(f"{setting}={name!r} does not exist (a local path, not a Hugging Face hub name): "
+                          f"deleted, moved or mistyped")
     if not os.path.isdir(name) and not hub_offline() and not hub_reachable():
         raise ConfigError(f"{setting}={name!r} needs the Hugging Face hub, which cannot be reached: connect, set "
                           f"HF_HUB_OFFLINE=1 if {name} is in the Hugging Face cache, or give a local directory")
@@ -507,6 +570,10 @@ def check_hub(name, setting):
 def hf_tokenizer(name, setting="tokenizer"):
     """A Hugging Face tokenizer (AutoTokenizer) from a hub name or a local directory."""
     check_hub(name, setting)
+    saved = ("tokenizer.json", "tokenizer_config.json")
+    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in saved):
+        raise ConfigError(f"{setting}={name!r} is a directory without a Hugging Face tokenizer (no tokenizer.json or "
+                          f"tokenizer_config.json, which tokenizer.save_pretrained writes)")
     try:
         from transformers import AutoTokenizer
         from transformers.models.auto.tokenization_auto import get_tokenizer_config
@@ -634,7 +701,7 @@ def hold_out_dir(out_dir, fresh, overwrite):
     refuses an out_dir that already holds a run, unless overwrite. An out_dir this made and left empty (the
     run stopped before writing anything) is removed again."""
     made = not os.path.isdir(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    make_dir(out_dir, "out_dir")
     lock = os.path.join(out_dir, "train.lock")
     take_lock(lock, out_dir)
     try:
@@ -650,25 +717,51 @@ def hold_out_dir(out_dir, fresh, overwrite):
             os.rmdir(out_dir)
 
 
+def make_dir(path, setting):
+    """os.makedirs(path), with one line for a path that is a file, lies below one, or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{setting}={path!r} is a file, not a directory; choose another {setting}")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ConfigError(f"{setting}={path!r} lies below {parent}, which is a file, not a directory") from None
+        raise ConfigError(f"{setting}={path!r} cannot be made ({e.strerror}); choose another {setting}") from None
+
+
 def take_lock(lock, out_dir):
-    """Creates lock holding this process's pid and host, taking over one whose process is gone."""
+    """Creates lock holding this process's pid and host, taking over one whose process is gone. The lock is
+    written whole under another name and linked into place, so it is never seen empty: an empty one was
+    left by an old failed write, and is stale."""
+    mine = f"{lock}.{os.getpid()}"
     while True:
         try:
-            with open(lock, "x") as f:  # "x": fails if it exists, so of two processes only one creates it
+            with open(mine, "w") as f:
                 f.write(f"{os.getpid()} {socket.gethostname()}")
+            os.link(mine, lock)  # fails if lock exists, so of two processes only one takes it
             return
         except FileExistsError:
             pass
+        except OSError as e:  # a full disk, a read-only file system
+            raise ConfigError(f"out_dir={out_dir!r}: could not write the lock {lock} ({e.strerror}); "
+                              f"out_dir must be writable, with some free space") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(mine)
         try:
             with open(lock) as f:
                 holder = f.read().split()
         except FileNotFoundError:
             continue  # its run ended meanwhile
         pid, host = (holder + ["?", "?"])[:2]
-        if not pid.isdigit() or process_alive(int(pid), host):
+        if holder and (not pid.isdigit() or process_alive(int(pid), host)):
             raise ConfigError(f"out_dir={out_dir!r} is in use by another run (pid {pid} on host {host}, as {lock} "
                               f"says): wait for it to end or choose another out_dir; if no run uses it, delete {lock}")
-        print(f"taking over {lock}: its run (pid {pid}) is gone, it crashed or was killed")
+        print(f"taking over {lock}: " + (f"its run (pid {pid}) is gone, it crashed or was killed" if holder
+                                          else "it is empty, left by a failed write (a full disk?)"))
         with contextlib.suppress(FileNotFoundError):  # another process took it over first
             os.remove(lock)
 
@@ -695,9 +788,11 @@ def save_checkpoint(ckpt, path):
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
+    except BaseException as e:  # Ctrl-C too: no temporary file left behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(e, (OSError, RuntimeError)):
+            raise
         cause = e if isinstance(e, OSError) else e.__context__
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             why = "the disk is full (no space left on device)"
@@ -726,10 +821,22 @@ def read_checkpoint(path):
                               f"holds tensors, numbers, strings, lists and dicts (torch.load with weights_only=True), "
                               f"as every checkpoint of train.py does") from None
         raise ConfigError(f"{path} cannot be read, the file is corrupt or truncated ({first_line(e)}); "
-                          f"an earlier checkpoint or a new run is needed") from None
+                          f"an earlier checkpoint or a new run is needed{other_checkpoint(path)}") from None
     if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
         raise ConfigError(f"{path} is not a checkpoint of train.py (it has no model and model_args)")
     return ckpt
+
+
+def other_checkpoint(path):
+    """A hint naming the run's other checkpoint beside path (best.pt for ckpt.pt and back), if there is one."""
+    other = {"best.pt": "ckpt.pt", "ckpt.pt": "best.pt"}.get(os.path.basename(path))
+    other_path = os.path.join(os.path.dirname(path), other or "")
+    if other is None or not os.path.isfile(other_path):
+        return ""
+    if other == "ckpt.pt":
+        return f"; the run's last checkpoint {other_path} is beside it: load that file instead"
+    return (f"; the run's best checkpoint {other_path} is beside it: load that file instead, or copy it to {path} "
+            f"to resume from its iteration")
 
 
 def describe_checkpoint(path, ckpt):
@@ -741,7 +848,14 @@ def describe_checkpoint(path, ckpt):
 # loading a model: a checkpoint of this repo or a pretrained one
 
 
-HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")  # a hub name is organisation/model; older ones have no organisation
+HUB_NAME = re.compile(r"\w[\w.-]*/\w[\w.-]*")  # a hub name is organisation/model; older ones have no organisation
+
+
+def local_path(name):
+    """Whether name can only be a local path, never a hub name: absolute, ./ or ../ or ~, more than one /,
+    or a first part that is a local directory (out/teachr)."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+            or ("/" in name and os.path.isdir(name.split("/")[0])))
 
 
 def checkpoint_path(name):
@@ -872,7 +986,7 @@ def load_teacher(name, device, meta, block_size, compile=False):
         teacher_meta = pretrained_meta(name, config, "teacher")
         text = config.get_text_config()
         context, vocab_size = ("max_position_embeddings", text.max_position_embeddings), text.vocab_size
-    tokenizers = f"teacher: {describe_tokenizer(teacher_meta)}, data: {describe_tokenizer(meta)}"
+    tokenizers = "teacher: {}, data: {}".format(*describe_tokenizers(teacher_meta, meta))
     if tokenizer_of(teacher_meta) != tokenizer_of(meta):
         raise ConfigError(f"teacher {name!r} has another tokenizer than the data; {tokenizers}")
     if context[1] < block_size:

@@ -125,8 +125,9 @@ def test_tokenizers_compare_by_their_vocabulary(teacher_dir, tmp_path):
 
 
 def test_an_unknown_tokenizer_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match=f"tokenizer='{tmp_path}': no Hugging Face tokenizer there .*; nor is it a "
-                                          f"tiktoken encoding \\(gpt2, r50k_base, .*cl100k_base"):
+    with pytest.raises(ConfigError, match=f"tokenizer='{tmp_path}' is a directory without a Hugging Face tokenizer \\(no "
+                                          f"tokenizer.json or tokenizer_config.json, which tokenizer.save_pretrained "
+                                          f"writes\\); nor is it a tiktoken encoding \\(gpt2, r50k_base, .*cl100k_base"):
         common.open_tokenizer(str(tmp_path))
 
 

@@ -109,8 +109,8 @@ def test_best_and_last_checkpoints(tmp_path, monkeypatch, capsys):
     kw = dict(eval_interval=2, lr_decay_iters=6, always_save_checkpoint=False)
     scripted_val_losses(monkeypatch, [3.0, 2.0, 2.5, 2.8])  # iters 0, 2, 4, 6: the best is iter 2
     train(tiny(tmp_path, data=data, max_iters=6, **kw))
-    # ckpt.pt when the val loss improves and at the end; best.pt when it improves
-    assert saves == [("ckpt.pt", 0), ("best.pt", 0), ("ckpt.pt", 2), ("best.pt", 2), ("ckpt.pt", 6)]
+    # ckpt.pt when the val loss improves and at the end; best.pt when it improves, before ckpt.pt
+    assert saves == [("best.pt", 0), ("ckpt.pt", 0), ("best.pt", 2), ("ckpt.pt", 2), ("ckpt.pt", 6)]
     best, last = torch.load(tmp_path / "out" / "best.pt", weights_only=True), torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
     assert (best["iter_num"], best["val_loss"], best["best_val_loss"]) == (2, 2.0, 2.0)
     assert (last["iter_num"], last["val_loss"], last["best_val_loss"]) == (6, 2.8, 2.0)

@@ -10,7 +10,7 @@ overrides follow; later ones win. As a library: train(load_config([...], TrainCo
 A fresh run (init_from="scratch") refuses an out_dir that already holds one (--overwrite=True replaces it);
 one process at a time trains in an out_dir (out_dir/train.lock holds its pid while it does). Writes
   out_dir/ckpt.pt        the last checkpoint, which init_from="resume" continues (it must have the same
-                         model settings, data and tokenizer)
+                         model settings, data, tokenizer, loss and teacher)
   out_dir/best.pt        the checkpoint of the lowest val loss, which sample.py, analyze.py and a KD
                          teacher given as an out_dir load; val_loss and iter_num in it are its own
   out_dir/metrics.jsonl  one JSON object per logged step:
@@ -27,13 +27,16 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
   and after the last iter   the same, and the last checkpoint is written
 With always_save_checkpoint=True ckpt.pt is written at every evaluation, else only when the val loss
 improves and after the last iter. The first run of the default dataset prepares it from the embedded corpus.
-At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging".
+At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging". Ctrl-C or SIGTERM stops
+it with one line naming the checkpoint that is kept.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -47,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer,
+from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizers,
                     find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
                     read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
 from model import GPT, GPTConfig
@@ -55,10 +58,16 @@ from model import GPT, GPTConfig
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
                 "rope_theta", "rope_scaling", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn",
                 "fused", "phi", "affine_momentum", "affine_n")
+# the data and the loss are part of a run too: a resume must not change what the model learns from
+RUN_FIELDS = ("dataset", "data_dir", "loss", "teacher", "kd_alpha", "kd_temperature", "kd_reverse")
 
 
 class NonFiniteLoss(RuntimeError):
     """Training met a non-finite loss and stopped; no checkpoint was written after it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training; the message says which checkpoint was kept."""
 
 
 @dataclass
@@ -119,7 +128,7 @@ class TrainConfig:
     # learning-rate schedule, both after a linear warmup
     lr_schedule: str = "cosine"  # "cosine" down to min_lr at lr_decay_iters, or "wsd" (warmup-stable-decay)
     warmup_iters: int = 2000
-    lr_decay_iters: int = 600000  # cosine only
+    lr_decay_iters: int = 0  # cosine only; 0: max_iters, so that --max_iters alone still ends the decay
     decay_frac: float = 0.2  # wsd only: linear decay to min_lr over the last decay_frac of max_iters
     min_lr: float = 6e-5
     # system
@@ -150,7 +159,7 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.warmup_iters > self.max_iters:
             raise ConfigError(f"warmup_iters={self.warmup_iters} must be at most max_iters={self.max_iters}")
-        if self.lr_schedule == "cosine" and self.lr_decay_iters < self.warmup_iters:
+        if self.lr_schedule == "cosine" and 0 < self.lr_decay_iters < self.warmup_iters:
             raise ConfigError(f"lr_decay_iters={self.lr_decay_iters} must be at least warmup_iters={self.warmup_iters} "
                               f"(the cosine decay follows the warmup)")
         if self.loss == "kd" and not self.teacher:
@@ -251,9 +260,10 @@ def get_lr(cfg, it):
             return cfg.learning_rate
         frac = min(1.0, (it - decay_start) / (cfg.max_iters - decay_start))
         return cfg.learning_rate + frac * (cfg.min_lr - cfg.learning_rate)
-    if it > cfg.lr_decay_iters:
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it > decay_iters:
         return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
@@ -321,11 +331,11 @@ def forward_loss(model, teacher, x, y, cfg, vocab):
 
 
 def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
-    """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer must be
-    the checkpoint's. A difference is an error naming both values, never ignored or mixed into the run.
-    fused may differ: both paths compute the same function."""
+    """A resume continues the run of its checkpoint: the model settings, the data and its tokenizer, the loss
+    and the teacher must be the checkpoint's. A difference is an error naming both values, never ignored or
+    mixed into the run. fused may differ: both paths compute the same function."""
     was = ckpt["config"]  # the settings as given: model_args resolves some (n_kv_head=0 is n_head)
-    changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + ("dataset", "data_dir")
+    changed = [f"{k}={was.get(k)!r} there, {getattr(cfg, k)!r} now" for k in MODEL_FIELDS + RUN_FIELDS
                if k != "fused" and was.get(k) != getattr(cfg, k)]
     if was.get("sampling", "random") != cfg.sampling:  # checkpoints from before the setting drew random windows
         changed.append(f"sampling={was.get('sampling', 'random')!r} there, {cfg.sampling!r} now")
@@ -334,8 +344,9 @@ def check_resume(cfg, ckpt, path, meta, vocab_size, data_dir):
                           f"Resume with the run's settings (its config, without those overrides) or start a new out_dir")
     ckpt_vocab = ckpt["model_args"]["vocab_size"]
     if ckpt_vocab != vocab_size or tokenizer_of(ckpt.get("meta")) != tokenizer_of(meta):
-        raise ConfigError(f"init_from='resume': {path} was trained on {describe_tokenizer(ckpt.get('meta'))} "
-                          f"(vocab_size={ckpt_vocab}), but the data in {data_dir} is {describe_tokenizer(meta)} "
+        there, here = describe_tokenizers(ckpt.get("meta"), meta)
+        raise ConfigError(f"init_from='resume': {path} was trained on {there} "
+                          f"(vocab_size={ckpt_vocab}), but the data in {data_dir} is {here} "
                           f"(vocab_size={vocab_size}); resume on the run's data or start a new out_dir")
 
 
@@ -398,21 +409,39 @@ def train(cfg):
     check_device(cfg.device)
     # rank 0 holds out_dir (if it cannot, it stops, and torchrun ends the other ranks)
     master = int(os.environ.get("RANK", 0)) == 0
-    with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext():
+    # cleanup closes the progress bar on any error, before the error is printed
+    with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext(), \
+            contextlib.ExitStack() as cleanup, reported_interrupts(cfg.out_dir):
         if not ddp:
-            return _train(cfg, cfg.device, ddp)
+            return _train(cfg, cfg.device, ddp, cleanup)
         device = cfg.device
         if device.startswith("cuda"):
             device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         try:
-            return _train(cfg, device, ddp)
+            return _train(cfg, device, ddp, cleanup)
         finally:
             dist.destroy_process_group()
 
 
-def _train(cfg, device, ddp):
+@contextlib.contextmanager
+def reported_interrupts(out_dir):
+    """Ctrl-C (and SIGTERM, which the script turns into Ctrl-C) raises Interrupted, saying what out_dir keeps:
+    the iteration its ckpt.pt holds (read lazily: mmap), or none."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        path = os.path.join(out_dir, "ckpt.pt")
+        if not os.path.isfile(path):
+            kept = "no checkpoint was written, so the run is lost"
+        else:
+            iter_num = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["iter_num"]
+            kept = f"{path} keeps iter {iter_num} (continue with --init_from=resume); the iterations after it are lost"
+        raise Interrupted(f"stopped by {e.args[0] if e.args else 'Ctrl-C'}; {kept}") from None
+
+
+def _train(cfg, device, ddp, cleanup):
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     master = rank == 0
     device_type = device.split(":")[0]
@@ -437,7 +466,8 @@ def _train(cfg, device, ddp):
     ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
     if cfg.init_from == "resume":
         if not os.path.isfile(ckpt_path):
-            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}")
+            hint = f"; {best_path} is there: copy it to {ckpt_path} to resume from its iteration"
+            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}{hint if os.path.isfile(best_path) else ''}")
         ckpt = read_checkpoint(ckpt_path)
         check_resume(cfg, ckpt, ckpt_path, meta, vocab_size, data_dir)
         if len(ckpt["rng"]) != world:
@@ -458,6 +488,7 @@ def _train(cfg, device, ddp):
         if "cuda" in rng and device_type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"])
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        resumed_pending = ckpt.get("pending", [])
         del ckpt
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -495,6 +526,8 @@ def _train(cfg, device, ddp):
                 f.write(json.dumps(row) + "\n")
 
     pending = []  # (iter, (loss, ce, kd, soft_ce)) since the last row, read in one go: no sync per iteration
+    if cfg.init_from == "resume":  # the checkpoint's, so the first row after it averages what it would have
+        pending = [(it, torch.tensor(values, device=device)) for it, values in resumed_pending]
 
     def check_pending():
         """The pending losses, as floats averaged over ranks; stops on a non-finite one, on every rank."""
@@ -521,11 +554,11 @@ def _train(cfg, device, ddp):
     spent = {"eval": 0.0, "log": 0.0}
     start_iter, t_start = iter_num, time.time()
     t_row, spent_at_row = t_start, 0.0
-    pbar = tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True)
+    pbar = cleanup.enter_context(tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True))
     while True:
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            if pending:
-                check_pending()  # never save a checkpoint after a non-finite loss
+            # never save a checkpoint after a non-finite loss
+            pending_values = [(it, v) for (it, _), v in zip(pending, check_pending())] if pending else []
             t_eval = time.time()
             losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master else None]
             if ddp:
@@ -548,10 +581,12 @@ def _train(cfg, device, ddp):
                     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
                             "iter_num": iter_num, "val_loss": losses["val"], "best_val_loss": best_val_loss,
-                            "meta": meta, "rng": rng}
-                    save_checkpoint(ckpt, ckpt_path)
+                            "meta": meta, "rng": rng, "pending": pending_values}
+                    # best.pt first: stopped between the two, ckpt.pt is the earlier one, whose best_val_loss
+                    # makes the resumed run write this best.pt again when it gets here
                     if best:
                         save_checkpoint(ckpt, best_path)
+                    save_checkpoint(ckpt, ckpt_path)
                 saved_iter = iter_num
             spent["eval"] += time.time() - t_eval  # checkpoints included
         if iter_num >= cfg.max_iters:
@@ -608,8 +643,15 @@ def _train(cfg, device, ddp):
             "elapsed_s": elapsed, **{f"{k}_s": v for k, v in spent.items()}, "out_dir": cfg.out_dir}
 
 
+def terminated(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")  # stops the same way as Ctrl-C
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, terminated)
     try:
         train(load_config(sys.argv[1:], TrainConfig))
-    except (ConfigError, NonFiniteLoss, CheckpointError) as e:
+    except (ConfigError, NonFiniteLoss, CheckpointError, Interrupted) as e:
         sys.exit(f"{type(e).__name__}: {e}")
+    except KeyboardInterrupt:  # while reading the settings, before training started
+        sys.exit("Interrupted: stopped before training started")

@@ -16,4 +16,4 @@ pos, norm, mlp, n_kv_head, mlp_hidden = "rope", "rmsnorm", "swiglu", 2, 352
 batch_size = 12
 learning_rate, min_lr, beta2 = 1e-3, 1e-4, 0.99
 lr_schedule, warmup_iters, decay_frac = "wsd", 100, 0.2
-max_iters = lr_decay_iters = 2000
+max_iters = 2000

@@ -10,5 +10,5 @@ n_layer, n_head, n_embd, block_size, dropout = 6, 6, 192, 64, 0.0
 pos, norm, mlp, n_kv_head, mlp_hidden = "rope", "rmsnorm", "swiglu", 3, 512
 batch_size = 12
 learning_rate, min_lr, beta2 = 1e-3, 1e-4, 0.99
-max_iters = lr_decay_iters = 2000
+max_iters = 2000
 warmup_iters = 100

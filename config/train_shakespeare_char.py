@@ -7,5 +7,5 @@ always_save_checkpoint = False  # it overfits: keep the best-val checkpoint (and
 n_layer, n_head, n_embd, block_size, dropout = 6, 6, 384, 256, 0.2
 batch_size = 64
 learning_rate, min_lr, beta2 = 1e-3, 1e-4, 0.99
-max_iters = lr_decay_iters = 5000
+max_iters = 5000
 warmup_iters = 100

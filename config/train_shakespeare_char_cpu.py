@@ -14,5 +14,5 @@ n_layer, n_head, n_embd, block_size, dropout = 4, 4, 128, 64, 0.0
 pos, mlp = "rope", "relu2"  # LayerNorm stays: RMSNorm was slower here, for no better loss
 batch_size = 12
 learning_rate, min_lr, beta2 = 3e-3, 1e-4, 0.99
-max_iters = lr_decay_iters = 800
+max_iters = 800
 warmup_iters = 100

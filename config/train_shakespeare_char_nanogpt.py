@@ -14,5 +14,5 @@ n_layer, n_head, n_embd, block_size, dropout = 4, 4, 128, 64, 0.0
 pos, norm, mlp, bias = "learned", "layernorm", "gelu", False  # the GPT-2 block, as nanoGPT's model.py
 batch_size = 12
 learning_rate, min_lr, beta2 = 1e-3, 1e-4, 0.99
-max_iters = lr_decay_iters = 2000
+max_iters = 2000
 warmup_iters = 100

@@ -10,21 +10,25 @@ train.bin. Needs network (the shard is a 40 MB download, cached by datasets) and
 --tokenizer is a tiktoken encoding (gpt2, cl100k_base, ...) or a Hugging Face tokenizer's hub name or
 local directory: the one of the model to be evaluated.
 """
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, encode_docs, hub_offline, hub_reachable, open_tokenizer, write_data
+from common import ConfigError, encode_docs, hub_offline, hub_reachable, load_config, open_tokenizer, write_data
 
 SHARD = "en/c4-validation.00000-of-00008.json.gz"
 
+
+@dataclass
+class PrepareConfig:
+    tokenizer: str = "r50k_base"  # a tiktoken encoding or a Hugging Face tokenizer (hub name or directory)
+    out_dir: str = ""  # "": this script's folder, data/c4
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default="r50k_base", help="tiktoken encoding or Hugging Face tokenizer")
-    parser.add_argument("--out_dir", default=HERE)
-    args = parser.parse_args(argv)
+    args = load_config(sys.argv[1:] if argv is None else argv, PrepareConfig)
     meta, encode_batch, separator = open_tokenizer(args.tokenizer)  # first: a bad name fails before any download
     if not hub_offline() and not hub_reachable():  # datasets would retry for half a minute
         raise SystemExit(f"allenai/c4 needs the Hugging Face hub, which cannot be reached: connect, or set "
@@ -38,7 +42,7 @@ def main(argv=None):
     except Exception as e:  # offline, the hub unreachable: one line, not the library's traceback
         raise SystemExit(f"could not load allenai/c4 {SHARD} ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
                          f"it needs access to huggingface.co once, then it is cached")
-    return write_data(args.out_dir, {"val": encode_docs((row["text"] for row in ds), encode_batch, separator)}, meta)
+    return write_data(args.out_dir or HERE, {"val": encode_docs((row["text"] for row in ds), encode_batch, separator)}, meta)
 
 if __name__ == "__main__":
     try:

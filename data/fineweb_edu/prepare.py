@@ -15,15 +15,15 @@ local directory; distilling from a Hugging Face model needs data made with its t
 The first --val_tokens tokens of the stream become val.bin, the rest train.bin. A fixed number (not a
 fraction) keeps the val set the same whatever --num_tokens is, so losses stay comparable.
 """
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, encode_docs, hub_offline, hub_reachable, open_tokenizer, write_data
+from common import ConfigError, check_types, encode_docs, hub_offline, hub_reachable, load_config, open_tokenizer, write_data
 
 # "r50k_base" is tiktoken's other name for the GPT-2 BPE: same ranks, same token ids as "gpt2",
 # and it loads from a cached ranks file without network (TIKTOKEN_CACHE_DIR)
@@ -41,13 +41,31 @@ def take(token_lists, size, pbar):
         if n == size:
             return
 
+
+@dataclass
+class PrepareConfig:
+    num_tokens: int = 100_000_000  # tokens in train.bin + val.bin
+    val_tokens: int = 1_000_000  # tokens in val.bin, taken first
+    config: str = "sample-10BT"  # FineWeb-Edu config (sample-10BT, sample-100BT, ...)
+    tokenizer: str = ENCODING  # a tiktoken encoding or a Hugging Face tokenizer (hub name or directory)
+    out_dir: str = ""  # "": this script's folder, data/fineweb_edu
+
+    def __post_init__(self):
+        check_types(self)
+        check_split(self.num_tokens, self.val_tokens)  # now, not after opening the tokenizer and the hub
+
+
+def check_split(num_tokens, val_tokens):
+    if not 0 < val_tokens < num_tokens:
+        raise ConfigError(f"need 0 < val_tokens < num_tokens, got val_tokens={val_tokens}, num_tokens={num_tokens}")
+
+
 def write_bins(docs, out_dir, num_tokens, val_tokens, tokenizer):
     """Tokenises an iterable of text documents into out_dir/val.bin (the first val_tokens tokens)
     and out_dir/train.bin (the next num_tokens - val_tokens), stopping once num_tokens are written;
     tokenizer is open_tokenizer's (meta, encode_batch, separator), and each document starts with the
     separator. If docs run out first, the files are shorter. Returns the number of tokens in each split."""
-    if not 0 < val_tokens < num_tokens:
-        raise ConfigError(f"need 0 < val_tokens < num_tokens, got val_tokens={val_tokens}, num_tokens={num_tokens}")
+    check_split(num_tokens, val_tokens)
     meta, encode_batch, separator = tokenizer
     token_lists = encode_docs(docs, encode_batch, separator)  # one iterator: train carries on where val stopped
     with tqdm(total=num_tokens, unit="tok", unit_scale=True) as pbar:
@@ -55,13 +73,7 @@ def write_bins(docs, out_dir, num_tokens, val_tokens, tokenizer):
         return write_data(out_dir, splits, meta)["tokens"]
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_tokens", type=int, default=100_000_000, help="tokens in train.bin + val.bin")
-    parser.add_argument("--val_tokens", type=int, default=1_000_000, help="tokens in val.bin, taken first")
-    parser.add_argument("--config", default="sample-10BT", help="FineWeb-Edu config (sample-10BT, sample-100BT, ...)")
-    parser.add_argument("--tokenizer", default=ENCODING, help="tiktoken encoding or Hugging Face tokenizer")
-    parser.add_argument("--out_dir", default=HERE)
-    args = parser.parse_args(argv)
+    args = load_config(sys.argv[1:] if argv is None else argv, PrepareConfig)
     tokenizer = open_tokenizer(args.tokenizer)  # first: a bad name fails before any download
     if not hub_offline() and not hub_reachable():  # datasets would retry for half a minute
         raise SystemExit("HuggingFaceFW/fineweb-edu needs the Hugging Face hub, which cannot be reached: connect")
@@ -75,7 +87,7 @@ def main(argv=None):
     except Exception as e:
         raise SystemExit(f"could not open HuggingFaceFW/fineweb-edu ({type(e).__name__}: {str(e).strip().splitlines()[0]}); "
                          f"it needs access to huggingface.co")
-    write_bins((row["text"] for row in ds), args.out_dir, args.num_tokens, args.val_tokens, tokenizer)
+    write_bins((row["text"] for row in ds), args.out_dir or HERE, args.num_tokens, args.val_tokens, tokenizer)
 
 if __name__ == "__main__":
     try:

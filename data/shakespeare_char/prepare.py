@@ -3,21 +3,28 @@ Prepare the Shakespeare corpus for character-level language modeling.
 Instead of BPE tokens, map each character to an int; save train.bin, val.bin (np.uint16 ids) and
 meta.json (vocab_size, itos, stoi, for encoding and decoding later) next to this script.
 
-    python data/shakespeare_char/prepare.py                 # the corpus committed in data/shakespeare/input.txt
-    python data/shakespeare_char/prepare.py path/to/any.txt # or any other text file (UTF-8)
+    python data/shakespeare_char/prepare.py                        # the corpus committed in data/shakespeare/input.txt
+    python data/shakespeare_char/prepare.py --input=path/to/any.txt # or any other text file (UTF-8)
 """
 import os
 import sys
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # so it runs from the repo root or from this folder
 sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, write_data
+from common import ConfigError, load_config, read_text, write_data
 
 DEFAULT_INPUT = os.path.join(HERE, os.pardir, "shakespeare", "input.txt")
 
+
+@dataclass
+class PrepareConfig:
+    input: str = ""  # a UTF-8 text file; "": the embedded corpus, data/shakespeare/input.txt
+    out_dir: str = ""  # "": this script's folder, data/shakespeare_char
+
+
 def main(input_path=None, out_dir=HERE):
-    with open(input_path or DEFAULT_INPUT, "r", encoding="utf-8") as f:
-        data = f.read()
+    data = read_text(input_path or DEFAULT_INPUT)
     print(f"length of dataset in characters: {len(data):,}")
 
     # get all the unique characters that occur in this text
@@ -37,8 +44,10 @@ def main(input_path=None, out_dir=HERE):
     splits = {"train": [[stoi[c] for c in train_data]], "val": [[stoi[c] for c in val_data]]}
     return write_data(out_dir, splits, {"vocab_size": vocab_size, "itos": itos, "stoi": stoi})
 
+
 if __name__ == "__main__":
     try:
-        main(sys.argv[1] if len(sys.argv) > 1 else None)
+        cfg = load_config(sys.argv[1:], PrepareConfig)
+        main(cfg.input or None, cfg.out_dir or HERE)
     except ConfigError as e:
         sys.exit(f"ConfigError: {e}")
