@@ -807,13 +807,14 @@ def first_line(error):
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0].split('. ')[0]}"
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, mmap=False):
     """The dict a train.py checkpoint file holds. Read with weights_only=True, said explicitly (torch before
     2.6 defaults to False): tensors, numbers, strings and containers only, all a checkpoint of train.py holds,
-    so opening someone else's checkpoint never runs code (a pickle calls whatever it names). A file that
+    so opening someone else's checkpoint never runs code (a pickle calls whatever it names); mmap reads
+    tensors lazily (a large checkpoint's iter_num without its weights). A file that
     needs more is refused, a corrupt or truncated one is an error, each naming the file."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
     except Exception as e:  # torch says "failed finding central directory" and the like
         needs = re.search(r"GLOBAL ([\w.]+)", str(e))  # what torch's weights-only unpickler refused to call
         if isinstance(e, pickle.UnpicklingError) and needs:

@@ -222,8 +222,8 @@ def test_an_empty_lock_is_taken_over_and_a_lock_that_cannot_be_written_is_one_li
 
 def test_character_data_without_meta_is_refused_not_read_as_gpt2(tmp_path):
     data = make_char_data(tmp_path / "data")
-    os.remove(os.path.join(data, "meta.pkl"))  # a copied folder, without its meta.pkl
-    with pytest.raises(ConfigError, match=f"^{data}/train.bin has no meta.pkl beside it, so it would be read as GPT-2 BPE, "
+    os.remove(os.path.join(data, "meta.json"))  # a copied folder, without its meta.json
+    with pytest.raises(ConfigError, match=f"^{data}/train.bin has no meta.json beside it, so it would be read as GPT-2 BPE, "
                                           "but its ids stay below 256 \\(the largest is 7\\): data of another tokenizer"):
         train(tiny(tmp_path, data=data))
 
@@ -240,12 +240,10 @@ def test_swapped_characters_say_the_mappings_differ(tmp_path):
     data = make_char_data(tmp_path / "data")
     train(tiny(tmp_path, "teacher", data, max_iters=1))
     swapped = data  # prepared again, with two characters swapped
-    meta_path = os.path.join(swapped, "meta.pkl")
     meta = common.read_meta(swapped)
     meta["stoi"].update(a=1, b=0)
     meta["itos"].update({0: "b", 1: "a"})
-    with open(meta_path, "wb") as f:
-        __import__("pickle").dump(meta, f)
+    common.write_meta(swapped, meta)
     with pytest.raises(ConfigError, match="another tokenizer than the data; teacher: character-level \\(8 characters, "
                                           "'a' is id 0: the mappings differ\\), data: character-level \\(8 characters, 'a' is id 1\\)$"):
         train(tiny(tmp_path, "student", swapped, loss="kd", teacher=str(tmp_path / "teacher")))

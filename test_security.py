@@ -239,7 +239,7 @@ def test_read_checkpoint_is_the_only_torch_load_and_remote_code_is_never_trusted
                 src = f.read()
             loads += re.findall(r"torch\.load\([^\n]*", src)
             hf_loads += re.findall(r"Auto\w+\.from_pretrained\([^\n]*", src)
-    assert loads == ['torch.load(path, map_location="cpu", weights_only=True)']
+    assert loads == ['torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)']
     assert hf_loads and all("trust_remote_code=False" in call for call in hf_loads)
 
 

@@ -436,7 +436,7 @@ def reported_interrupts(out_dir):
         if not os.path.isfile(path):
             kept = "no checkpoint was written, so the run is lost"
         else:
-            iter_num = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["iter_num"]
+            iter_num = read_checkpoint(path, mmap=True)["iter_num"]
             kept = f"{path} keeps iter {iter_num} (continue with --init_from=resume); the iterations after it are lost"
         raise Interrupted(f"stopped by {e.args[0] if e.args else 'Ctrl-C'}; {kept}") from None
 
