@@ -4,18 +4,27 @@ student of every attention variant from it, for several seeds, and tabulate what
 Delta-Params and loss (Tables 1-2), validation loss and perplexity, gradient-norm statistics over the
 early steps (Table 4) and gradient-norm spikes above median + k * MAD (Table 5). With eval_ppl_windows or
 eval_tasks, also eval.py's columns of Tables 1-2 for every student: perplexity on its val data, zero-shot tasks
-and their average.
+and their average. Every column of a row describes the same weights: each student's last checkpoint (ckpt.pt).
 
-    python compare.py config/compare_shakespeare_char.py        # about 20 minutes on 2 CPU cores
-    python compare.py config/compare_shakespeare_char.py --seeds=1,2,3 --student_iters=2000
+    python compare.py config/compare_shakespeare_char.py        # about 40 minutes on an idle CPU core
+    python compare.py config/compare_sweep_lr_shakespeare_char.py  # the learning-rate sweep: about 20 minutes more
+    python compare.py config/compare_shakespeare_char.py --teacher_iters=5 --student_iters=5 --out_dir=/tmp/try  # a quick try
     python compare.py config/compare_shakespeare_char.py --eval_ppl_windows=256 --eval_tasks=my_task --eval_include_path=tasks
+
+A variant row may carry student settings after colons, which apply to its students only: "affine:affine_n=prefix"
+(Eq. 8's N = prefix), "affine:phi=sigmoid" (Table 3), "softmax:learning_rate=3e-3". Rows that differ in the
+learning rate make a sweep: a table of the final val CE against the learning rate and a figure of it. A run whose
+loss stops being finite (train.py's NonFiniteLoss) is recorded as diverged, with its iteration, and the
+comparison goes on. Every row's settings are checked, also against the teacher's, before anything trains.
 
 Students of one seed start from the same seed and draw the same batches in the same order (train.py's batch
 sampler has its own generator, seeded by seed alone). A finished run (the teacher, a student) of exactly the
-same settings is reused, so an interrupted comparison continues where it stopped and two calls on different
-seeds can share one out_dir; other runs already in out_dir are trained again only with --overwrite=True. Writes
-out_dir/results.md and out_dir/results.json; every run's own out_dir (metrics.jsonl, ckpt.pt, best.pt)
-stays for analyze.py.
+same settings is reused, a student only if it learned from the very teacher checkpoint there now: its
+out_dir/compare.json records that checkpoint's iteration and sha256 (and whether the run diverged). So an
+interrupted comparison continues where it stopped, two calls on different seeds can share one out_dir, and a
+teacher trained again takes its students with it; runs already in out_dir are replaced only with
+--overwrite=True. Writes out_dir/results.md and results.json (other names with --results=..., as the sweep's
+sweep_lr.md, .json and .png); every run's own out_dir (metrics.jsonl, ckpt.pt, best.pt) stays for analyze.py.
 """
 
 import hashlib
@@ -55,7 +64,7 @@ class CompareConfig:
     # table and a figure of the final loss against the learning rate
     variants: str = ",".join(ATTN_VARIANTS)
     seeds: str = "1,2"  # comma-separated
-    teacher_iters: int = 0  # max_iters (and lr_decay_iters) of the teacher; 0 keeps its config's
+    teacher_iters: int = 0  # max_iters (and lr_decay_iters; warmup_iters at most that) of the teacher; 0 keeps its config's
     student_iters: int = 0  # ... of every student
     early_steps: int = 500  # Tables 4-5 look at the gradient norms of the steps before this (0-499)
     data_dir: str = ""  # for teacher and students; "" keeps their configs' data
@@ -104,9 +113,13 @@ class CompareConfig:
 
 def run_config(spec, iters, overrides=(), **settings):
     """The TrainConfig of spec (a config file and --key=value overrides, as train.py reads them), then
-    max_iters = lr_decay_iters = iters (0 keeps spec's), then overrides (more --key=value), then settings."""
-    argv = shlex.split(spec) + ([f"--max_iters={iters}", f"--lr_decay_iters={iters}"] if iters else []) + list(overrides)
-    return replace(load_config(argv, TrainConfig), **settings)
+    max_iters = lr_decay_iters = iters (0 keeps spec's) with warmup_iters at most iters, so that a quick try
+    of a few iters runs, then overrides (more --key=value), then settings."""
+    argv = shlex.split(spec)
+    if iters:
+        warmup = min(load_config(argv, TrainConfig).warmup_iters, iters)
+        argv += [f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--warmup_iters={warmup}"]
+    return replace(load_config(argv + list(overrides), TrainConfig), **settings)
 
 
 def row_settings(variant):
@@ -115,9 +128,9 @@ def row_settings(variant):
 
 
 def student_config(cfg, variant, seed, teacher_dir, common):
-    """The TrainConfig of one student: student_config, then student_iters, then the row's settings (its
-    max_iters takes lr_decay_iters with it, as student_iters does, unless the row sets that too), then what
-    compare.py sets for every student. A row that sets one of the latter is refused: it could not apply."""
+    """The TrainConfig of one student: student_config, then student_iters, then the row's settings (a
+    max_iters there takes lr_decay_iters with it unless the row sets that too), then what compare.py sets for
+    every student. A row that sets one of the latter is refused: it could not apply."""
     attn, settings = variant.split(":")[0], row_settings(variant)
     # log_interval=1: Tables 4-5 need every early gradient norm, and a diverged run's last row says where it stopped
     owned = dict(attn=attn, seed=seed, loss="kd", teacher=teacher_dir, log_interval=1, init_from="scratch",

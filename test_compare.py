@@ -257,7 +257,7 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch
 def test_the_comparison_and_the_sweep_share_their_teacher(monkeypatch):
     monkeypatch.chdir(REPO)
     main = load_config(["config/compare_shakespeare_char.py"], CompareConfig)
-    sweep = load_config(["config/sweep_lr_shakespeare_char.py"], CompareConfig)
+    sweep = load_config(["config/compare_sweep_lr_shakespeare_char.py"], CompareConfig)
     assert main.variant_list() == ["softmax", "sink", "gated", "affine", "affine_gated", "affine:affine_n=prefix", "affine:phi=sigmoid"]
     assert main.seed_list() == [1, 2, 3] and sweep.seed_list() == [1]
     for key in ("out_dir", "teacher_config", "teacher_iters", "student_config", "student_iters", "early_steps"):
