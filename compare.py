@@ -224,11 +224,12 @@ def describe_teacher(record):
 
 
 def read_record(run):
-    """{"teacher": teacher_record(...), "diverged_at": None or the iteration} of a student, None if there is none."""
+    """{"teacher": teacher_record(...), "diverged_at": None or the iteration} of a student, None if there is none
+    or it cannot be read (then nothing says which teacher the run learned from)."""
     try:
         with open(os.path.join(run.out_dir, RECORD)) as f:
             return json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         return None
 
 
@@ -241,7 +242,7 @@ def student_state(run, teacher):
     if why is not None:
         return why
     if record is None:
-        return f"no {os.path.join(run.out_dir, RECORD)} says which teacher it learned from"
+        return f"no readable {os.path.join(run.out_dir, RECORD)} says which teacher it learned from"
     if teacher is None:
         return f"it learned from {describe_teacher(record['teacher'])}, and the teacher is trained again"
     if record["teacher"] != teacher:

@@ -93,6 +93,24 @@ def test_students_of_a_retrained_teacher_are_trained_again_or_refused(tmp_path, 
         compare(ten)
 
 
+def test_a_student_that_does_not_say_its_teacher_is_not_reused(tmp_path, monkeypatch):
+    """As a student trained by compare.py before it wrote compare.json: its teacher is unknown."""
+    out = tmp_path / "cmp"
+    cfg = tiny_comparison(tmp_path, variants="affine")
+    compare(cfg)
+    (out / "affine-s1" / "compare.json").unlink()
+    nothing_may_train(monkeypatch)
+    with pytest.raises(ConfigError) as refused:
+        compare(cfg)
+    assert str(refused.value) == (
+        f"this comparison would replace runs already in out_dir='{out}': {out / 'affine-s1'} (no readable "
+        f"{out / 'affine-s1' / 'compare.json'} says which teacher it learned from); delete them or pass "
+        f"--overwrite=True to train them again, or choose another out_dir")
+    trained = recording(monkeypatch)
+    compare(CompareConfig(**{**asdict(cfg), "overwrite": True}))
+    assert trained == ["affine-s1"]
+
+
 def test_the_eval_columns_describe_the_weights_of_the_val_ce(tmp_path, monkeypatch):
     """Both come from the last checkpoint, ckpt.pt, even where best.pt holds other weights."""
     out = tmp_path / "cmp"
@@ -275,3 +293,15 @@ def test_the_comparison_and_the_sweep_share_their_teacher(monkeypatch):
         if student.learning_rate == s.learning_rate:
             assert student == students[student.attn]
     assert rates == {attn: [1e-3, 3e-3, 1e-2, 3e-2] for attn in ("softmax", "sink", "gated", "affine")}
+
+
+def test_a_quick_try_keeps_the_warmup_within_its_few_iters(monkeypatch):
+    """--teacher_iters=5 --student_iters=5 on the published config: the 100 warmup iters shrink to 5, else
+    every run would be refused (warmup_iters must be at most max_iters); a row's own settings still win."""
+    monkeypatch.chdir(REPO)
+    cfg = load_config(["config/compare_shakespeare_char.py", "--teacher_iters=5", "--student_iters=5"], CompareConfig)
+    teacher = compare_module.run_config(cfg.teacher_config, cfg.teacher_iters, loss="ce", teacher="")
+    student = compare_module.student_config(cfg, "affine:warmup_iters=2", 1, "teacher", {})
+    assert (teacher.max_iters, teacher.lr_decay_iters, teacher.warmup_iters) == (5, 5, 5)
+    assert (student.max_iters, student.lr_decay_iters, student.warmup_iters) == (5, 5, 2)
+    assert compare_module.run_config(cfg.student_config, 0, loss="kd", teacher="t").warmup_iters == 100
