@@ -412,9 +412,11 @@ def plot_sweep(sweep, path, title):
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
     lrs = sweep["learning_rates"]
-    finite = [c["val_loss"] for r in sweep["rows"] for c in r["cells"] if c and "val_loss" in c] or [0.0]
-    pad = 0.08 * (max(finite) - min(finite)) or 0.05
-    top = max(finite) + 2 * pad  # where the diverged runs are drawn
+    cells = [c for r in sweep["rows"] for c in r["cells"] if c and "val_loss" in c]
+    lo = min((c["val_loss"] - c["val_loss_std"] for c in cells), default=0.0)  # the error bars' ends
+    hi = max((c["val_loss"] + c["val_loss_std"] for c in cells), default=0.0)
+    pad = 0.08 * (hi - lo) or 0.05
+    top = hi + 2 * pad  # where the diverged runs are drawn
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for i, r in enumerate(sweep["rows"]):
         ok = [(lr, c) for lr, c in zip(lrs, r["cells"]) if c and "val_loss" in c]
@@ -424,12 +426,13 @@ def plot_sweep(sweep, path, title):
         shift = 10 ** (0.03 * math.log10(lrs[-1] / lrs[0]) * (i - (len(sweep["rows"]) - 1) / 2))
         bad = [lr * shift for lr, c in zip(lrs, r["cells"]) if c and "diverged_at" in c]
         ax.plot(bad, [top] * len(bad), linestyle="none", marker="x", markersize=9, mew=2, color=line.get_color())
-    if any(c and "diverged_at" in c for r in sweep["rows"] for c in r["cells"]):
+    diverged = any(c and "diverged_at" in c for r in sweep["rows"] for c in r["cells"])
+    if diverged:
         ax.plot([], [], linestyle="none", marker="x", color="black", label="diverged")
     ax.set_xscale("log")
     ax.set_xticks(lrs, [number(lr) for lr in lrs])
     ax.minorticks_off()
-    ax.set_ylim(min(finite) - pad, top + pad)
+    ax.set_ylim(lo - pad, (top if diverged else hi) + pad)
     ax.set(xlabel="peak learning rate (log scale)", ylabel="final validation cross-entropy (nats/token)", title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes, never over a point
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -540,7 +543,7 @@ def compare(cfg):
     if sweep:
         figure = os.path.join(cfg.out_dir, cfg.results + ".png")
         plot_sweep(sweep, figure, f"Final validation loss against learning rate\nKD students, {student.max_iters} iters, "
-                                  f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+                                  + (f"{len(seeds)} seeds (bars: std over seeds)" if len(seeds) > 1 else "1 seed"))
         text += sweep_markdown(sweep, len(seeds), os.path.basename(figure))
     with open(os.path.join(cfg.out_dir, cfg.results + ".md"), "w") as f:
         f.write(text)
