@@ -1181,10 +1181,10 @@ def test_every_config_file_loads(monkeypatch):
 def hand_made_run(final_loss, val_loss, grads, n_tail=0, tail_loss=None):
     """(step rows, eval rows) as read_metrics returns them: one step row per iter with the given gradient
     norms and loss final_loss, then n_tail more steps of loss tail_loss and gradient norm 100."""
-    steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "kd": final_loss - 0.5, "grad_norm": g}
-             for i, g in enumerate(grads)]
-    steps += [{"iter": len(grads) + i, "loss": tail_loss, "ce": tail_loss + 1, "kd": tail_loss - 0.5, "grad_norm": 100.0}
-              for i in range(n_tail)]
+    steps = [{"iter": i, "loss": final_loss, "ce": final_loss + 1, "kd": final_loss - 0.5, "soft_ce": final_loss + 0.25,
+              "grad_norm": g} for i, g in enumerate(grads)]
+    steps += [{"iter": len(grads) + i, "loss": tail_loss, "ce": tail_loss + 1, "kd": tail_loss - 0.5, "soft_ce": tail_loss + 0.25,
+               "grad_norm": 100.0} for i in range(n_tail)]
     evals = [{"iter": 0, "val_loss": 9.0, "val_ppl": math.exp(9.0)},
              {"iter": len(steps), "val_loss": val_loss, "val_ppl": math.exp(val_loss)}]
     return steps, evals
@@ -1202,6 +1202,7 @@ def test_table_rows_means_stds_spikes_and_windows():
     assert soft["train_loss"] == pytest.approx(2.2) and soft["train_loss_std"] == pytest.approx(0.2)  # ddof=0
     assert soft["train_ce"] == pytest.approx(3.2) and soft["train_ce_std"] == pytest.approx(0.2)
     assert soft["train_kd"] == pytest.approx(1.7) and soft["train_kd_std"] == pytest.approx(0.2)
+    assert soft["train_soft_ce"] == pytest.approx(2.45) and soft["train_soft_ce_std"] == pytest.approx(0.2)
     assert soft["val_loss"] == pytest.approx(3.2) and soft["val_loss_std"] == pytest.approx(0.2)  # the last eval
     assert soft["val_ppl"] == pytest.approx((math.exp(3.0) + math.exp(3.4)) / 2)
     assert soft["grad_mean"] == pytest.approx(1.0) and soft["grad_var"] == pytest.approx(np.var(steady))
@@ -1220,7 +1221,8 @@ def test_markdown_states_the_winner_and_the_spread_as_measured():
             "affine": [hand_made_run(2.0, 3.05, [1.0, 1.1]), hand_made_run(2.0, 3.05, [1.0, 1.1])]}
     text = markdown(table_rows(runs, {"softmax": 0, "affine": 64}, early_steps=2), ["# header"])
     assert text.count("\n| ") == 3  # the column names and one row per variant
-    assert "| affine | 64 | 1.5000 +- 0.0000 | 3.0000 +- 0.0000 | 3.0500 +- 0.0000 |" in text
+    # the KD loss (soft-target CE), KL and CE, then val CE
+    assert "| affine | 64 | 2.2500 +- 0.0000 | 1.5000 +- 0.0000 | 3.0000 +- 0.0000 | 3.0500 +- 0.0000 |" in text
     # affine's 3.05 is 0.05 below softmax's 3.1, less than softmax's std of 0.1 across seeds
     assert "Lowest mean val CE: affine, 0.0500 below softmax; that gap is not larger than the std across seeds (0.1000)." in text
     one_seed = {v: seeds[:1] for v, seeds in runs.items()}
@@ -1336,7 +1338,7 @@ def test_the_compare_configs_load(monkeypatch):
     monkeypatch.chdir(REPO)
     cpu = load_config(["config/compare_shakespeare_char.py"], CompareConfig)
     gpu = load_config(["config/compare_shakespeare_char_gpu.py"], CompareConfig)
-    variants = list(compare_module.ATTN_VARIANTS) + ["affine:affine_n=prefix"]
+    variants = list(compare_module.ATTN_VARIANTS) + ["affine:affine_n=prefix", "affine:phi=sigmoid"]
     assert (cpu.variant_list(), gpu.variant_list(), cpu.seed_list(), gpu.seed_list()) == (variants, variants, [1, 2, 3], [1, 2, 3])
     for cfg in (cpu, gpu):
         teacher = run_config(cfg.teacher_config, cfg.teacher_iters, loss="ce", teacher="")

@@ -467,7 +467,8 @@ def test_compare_refuses_to_replace_earlier_runs_before_training(tmp_path, monke
     (tmp_path / "cmp" / "affine-s1" / "metrics.jsonl").write_text("")
     monkeypatch.setattr(compare_module, "train", lambda run: pytest.fail("nothing may train"))
     with pytest.raises(ConfigError, match=f"this comparison would replace runs already in out_dir='{tmp_path / 'cmp'}': "
-                                          f"{tmp_path / 'cmp' / 'affine-s1'}; pass --overwrite=True to train them again"):
+                                          f"{tmp_path / 'cmp' / 'affine-s1'} \\(no {tmp_path / 'cmp' / 'affine-s1' / 'ckpt.pt'}\\); "
+                                          f"delete them or pass --overwrite=True to train them again, or choose another out_dir$"):
         compare(cfg)
 
 
