@@ -30,6 +30,14 @@ def load_script(path):
     return module
 
 
+def gpt2_bpe_or_skip():
+    """tiktoken downloads the GPT-2 BPE files once: without network or a TIKTOKEN_CACHE_DIR holding them, skip."""
+    try:
+        common.gpt2_encoding()
+    except ConfigError as e:
+        pytest.skip(f"needs the GPT-2 BPE files: {e}")
+
+
 def save_bpe(folder, vocab_size=400, chars=200_000):
     """A byte-level BPE of vocab_size tokens trained on the start of the embedded corpus, saved in folder
     where AutoTokenizer finds it (tokenizer.json, tokenizer_config.json)."""
@@ -160,6 +168,7 @@ def test_write_data_refuses_too_short_input_and_keeps_earlier_files(tmp_path):
     assert {name: (tmp_path / "d" / name).read_bytes() for name in before} == before
     assert sorted(os.listdir(folder)) == ["meta.pkl", "train.bin", "val.bin"]  # no temporary file left
     (tmp_path / "empty.txt").write_text("")
+    gpt2_bpe_or_skip()
     with pytest.raises(ConfigError, match="the train split has 0 tokens"):
         load_script("data/shakespeare/prepare.py").main(str(tmp_path / "empty.txt"), str(tmp_path / "e"), "r50k_base")
 
@@ -214,8 +223,7 @@ def test_bad_data_is_refused_naming_the_file(tmp_path, how, message):
 
 def test_c4_offline_fails_at_once_with_one_line(monkeypatch, capsys):
     pytest.importorskip("datasets")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    gpt2_bpe_or_skip()  # the tokenizer is opened first
     with pytest.raises(SystemExit) as e:
         load_script("data/c4/prepare.py").main(["--tokenizer=r50k_base", "--out_dir=/nonexistent"])
     message = str(e.value)
