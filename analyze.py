@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import torch
 
-from common import DATA_ROOT, ConfigError, load_model, read_jsonl, read_tokens
+from common import DATA_ROOT, ConfigError, check_device, check_writable, load_model, read_jsonl, read_tokens
 
 # --------------------------------------------------------------------------------------------------
 # the statistics: small pure functions. weights is (B, nh, T, S), the weights that multiply V (the
@@ -327,8 +327,10 @@ def main(argv=None):
     for name in ("num_seqs", "early_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name}={getattr(args, name)} must be at least 1")
+    check_device(args.device, "--device")  # its messages name this script's option, not train.py's device=
     run_dirs = [path if os.path.isdir(path) else os.path.dirname(path) or "." for path in args.ckpt]
     plot_dir = args.plot_dir or (run_dirs[0] if len(args.ckpt) == 1 else "analysis")
+    check_writable(plot_dir, "--plot_dir", folder=True)  # before the analysis, not when the figures are saved
 
     runs, summaries = [], []
     for path, run_dir in zip(args.ckpt, run_dirs):

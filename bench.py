@@ -29,7 +29,7 @@ from contextlib import nullcontext
 
 import torch
 
-from common import ConfigError, find_data, load_config
+from common import ConfigError, check_writable, find_data, load_config
 from model import ATTN_VARIANTS, GPT, GPTConfig, peak_flops
 from train import NonFiniteLoss, TrainConfig, forward_loss, train
 
@@ -439,8 +439,17 @@ def parse_args(argv=None):
     return args
 
 
+def save_json(path, results):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.out:
+        check_writable(args.out, "--out")  # before the minutes of measuring whose results it keeps
     if args.time_to_loss:
         return main_time_to_loss(args)
     device = torch.device(args.device)
@@ -472,9 +481,7 @@ def main(argv=None):
     print(f"\npeak memory of a training step (MiB) against T\n{format_memory(records, 'train')}")
     if args.out:
         settings = {k: v for k, v in vars(args).items() if k != "out"}
-        with open(args.out, "w") as f:
-            json.dump({"settings": settings, "device": where, "torch": torch.__version__, "results": records}, f, indent=1)
-        print(f"wrote {args.out}")
+        save_json(args.out, {"settings": settings, "device": where, "torch": torch.__version__, "results": records})
     return records
 
 
@@ -486,9 +493,7 @@ def main_time_to_loss(args):
     print(f"\ntime to the baseline's final val loss {runs[0]['target']:.4f} (same data, same eval batches); {where}")
     print(format_time_to_loss(runs))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": where, "results": runs}, f, indent=1)
-        print(f"wrote {args.out}")
+        save_json(args.out, {"device": where, "results": runs})
     return runs
 
 
