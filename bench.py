@@ -5,7 +5,7 @@ and torch.compile of the fused model, at a few sequence lengths.
 
     python bench.py                              # CUDA if present (bf16 autocast, GPT-2 small), else a small CPU model
     python bench.py --device=cpu --seq_lens=256,1024 --variants=softmax,affine --out=bench.json
-    python bench.py --loss_chunks=0,2048,512,128     # instead: the KD loss's peak memory against loss_chunk
+    python bench.py --loss_chunks=0,2048,512,128 --out=loss_chunks.json  # instead: KD loss memory against loss_chunk
     python bench.py --time_to_loss --variants=softmax,affine  # instead: the main job's time to nanoGPT's val loss
 
 Each variant's time is also given as a ratio to softmax in the same mode at the same T, measured in the
@@ -418,8 +418,9 @@ def parse_args(argv=None):
     p.add_argument("--config", default="config/train_shakespeare_char_cpu.py",
                    help="--time_to_loss: the run timed to the target, once per --variants")
     p.add_argument("--loss_chunks", type=csv_list(int, least=0), help="instead: the KD loss's peak memory and time for each "
-                   "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, n_embd=1024 "
-                   "and vocab_size=151936 (the paper's Qwen student)")
+                   "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, on CUDA with "
+                   "n_embd=1024 and vocab_size=151936 (the paper's Qwen student), on CPU with n_embd=128 and "
+                   "vocab_size=32768 (minutes instead of an hour)")
     args = p.parse_args(argv)
     if args.time_to_loss:
         return args

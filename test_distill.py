@@ -2,6 +2,7 @@
 Everything offline: a tiny random LLaMA and a byte-level BPE trained on the embedded corpus, made here."""
 
 import importlib.util
+import json
 import os
 import pickle
 import shutil
@@ -357,10 +358,14 @@ def test_chunks_bound_the_logits(monkeypatch):
     assert forward_calls == 2 * 6 and len(rows) == 2 * forward_calls and max(rows) == 8
 
 
-def test_bench_measures_the_loss_memory_against_loss_chunk(capsys):
+def test_bench_measures_the_loss_memory_against_loss_chunk(capsys, tmp_path):
     import bench
 
-    rows = bench.main(["--device=cpu", "--loss_chunks=0,16", "--vocab_size=2000", "--n_embd=16", "--seq_lens=128", "--iters=1"])
+    out = tmp_path / "new" / "loss_chunks.json"  # its folder is made
+    rows = bench.main(["--device=cpu", "--loss_chunks=0,16", "--vocab_size=2000", "--n_embd=16", "--seq_lens=128", "--iters=1",
+                       f"--out={out}"])
+    saved = json.loads(out.read_text())
+    assert saved["results"] == rows and saved["settings"]["vocab_size"] == 2000 and saved["settings"]["loss_chunks"] == [0, 16]
     assert [r["loss_chunk"] for r in rows] == [0, 16] and rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-6)
     # unchunked: about 7 fp32 tensors of 128 x 2000 logits (1 MiB each); in chunks of 16 tokens an eighth of that
     assert rows[0]["peak_mib"] > 5 and rows[1]["peak_mib"] < 0.5 * rows[0]["peak_mib"]
