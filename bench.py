@@ -46,7 +46,7 @@ DEFAULTS = {
 # --loss_chunks: one 2048-token sequence of the paper's first student (width 1024) over Qwen's vocabulary. On
 # CPU, where that takes about an hour, a narrower student over a smaller vocabulary: a few minutes.
 LOSS_DEFAULTS = {"cuda": dict(n_embd=1024, vocab_size=151936, batch_size=1, seq_lens=[2048]),
-                 "cpu": dict(n_embd=128, vocab_size=32768, batch_size=1, seq_lens=[2048])}
+                 "cpu": dict(n_embd=64, vocab_size=16384, batch_size=1, seq_lens=[2048])}
 
 
 def sync(device):
@@ -419,8 +419,8 @@ def parse_args(argv=None):
                    help="--time_to_loss: the run timed to the target, once per --variants")
     p.add_argument("--loss_chunks", type=csv_list(int, least=0), help="instead: the KD loss's peak memory and time for each "
                    "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, on CUDA with "
-                   "n_embd=1024 and vocab_size=151936 (the paper's Qwen student), on CPU with n_embd=128 and "
-                   "vocab_size=32768 (minutes instead of an hour)")
+                   "n_embd=1024 and vocab_size=151936 (the paper's Qwen student), on CPU with n_embd=64 and "
+                   "vocab_size=16384 (minutes instead of an hour)")
     args = p.parse_args(argv)
     if args.time_to_loss:
         return args
