@@ -25,7 +25,7 @@ import sys
 import numpy as np
 import torch
 
-from common import DATA_ROOT, ConfigError, load_model, read_jsonl, read_tokens
+from common import DATA_ROOT, ConfigError, check_device, check_writable, load_model, read_jsonl, read_tokens
 from model import linear_clipping
 
 LATE = 2 / 9  # Fig. 10's share of training: steps 7k-9k of 9k
@@ -382,8 +382,10 @@ def main(argv=None):
     for name in ("num_seqs", "early_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name}={getattr(args, name)} must be at least 1")
+    check_device(args.device, "--device")  # its messages name this script's option, not train.py's device=
     run_dirs = [path if os.path.isdir(path) else os.path.dirname(path) or "." for path in args.ckpt]
     plot_dir = args.plot_dir or (run_dirs[0] if len(args.ckpt) == 1 else "analysis")
+    check_writable(plot_dir, "--plot_dir", folder=True)  # before the analysis, not when the figures are saved
 
     runs, summaries = [], []
     for path, run_dir in zip(args.ckpt, run_dirs):

@@ -5,7 +5,7 @@ and torch.compile of the fused model, at a few sequence lengths.
 
     python bench.py                              # CUDA if present (bf16 autocast, GPT-2 small), else a small CPU model
     python bench.py --device=cpu --seq_lens=256,1024 --variants=softmax,affine --out=bench.json
-    python bench.py --loss_chunks=0,2048,512,128     # instead: the KD loss's peak memory against loss_chunk
+    python bench.py --loss_chunks=0,2048,512,128 --out=loss_chunks.json  # instead: KD loss memory against loss_chunk
     python bench.py --time_to_loss --variants=softmax,affine  # instead: the main job's time to nanoGPT's val loss
 
 Each variant's time is also given as a ratio to softmax in the same mode at the same T, measured in the
@@ -29,7 +29,7 @@ from contextlib import nullcontext
 
 import torch
 
-from common import ConfigError, find_data, load_config
+from common import ConfigError, check_writable, find_data, load_config
 from model import ATTN_VARIANTS, GPT, GPTConfig, peak_flops
 from train import NonFiniteLoss, TrainConfig, forward_loss, train
 
@@ -43,8 +43,10 @@ DEFAULTS = {
     "cuda": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, batch_size=8, seq_lens=[256, 1024, 2048], compile=True),
     "cpu": dict(n_layer=2, n_head=2, n_embd=128, vocab_size=65, batch_size=4, seq_lens=[256, 1024], compile=False),
 }
-# --loss_chunks: one 2048-token sequence of the paper's first student (width 1024) over Qwen's vocabulary
-LOSS_DEFAULTS = dict(n_embd=1024, vocab_size=151936, batch_size=1, seq_lens=[2048])
+# --loss_chunks: one 2048-token sequence of the paper's first student (width 1024) over Qwen's vocabulary. On
+# CPU, where that takes about an hour, a narrower student over a smaller vocabulary: a few minutes.
+LOSS_DEFAULTS = {"cuda": dict(n_embd=1024, vocab_size=151936, batch_size=1, seq_lens=[2048]),
+                 "cpu": dict(n_embd=64, vocab_size=16384, batch_size=1, seq_lens=[2048])}
 
 
 def sync(device):
@@ -88,12 +90,14 @@ def measure(fn, device):
     return time.perf_counter() - t0
 
 
-def peak_memory(fn, device):
+def peak_memory(fn, device, keep=()):
     """Bytes of tensor memory one call of fn holds at its peak above what was allocated before it (weights
     and optimizer state excluded: what is left is what grows with T). On CUDA the caching allocator's own
     counters. On CPU torch.profiler's memory events: every allocation (+bytes) and free (-bytes) by torch's
     CPU allocator while fn runs, kernels' scratch buffers included; the peak is the maximum of their running
-    sum in time order. Frees of blocks allocated before fn are not recorded, so this never understates."""
+    sum in time order. Frees of blocks allocated before fn are not recorded, so this never understates. keep:
+    tensors of that kind which fn replaces (a model's buffers: affine's alpha_sum), held until the profiler
+    stops, so that it sees no free of a block it cannot size (it would warn "Memory block of unknown size")."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -140,7 +144,8 @@ def bench_mode(T, mode, x, y, args, device, ctx):
     for run in runs:
         rec = run["rec"]
         try:  # memory in calls of their own: the CPU profiler would slow the timed ones
-            mem = {kind: peak_memory(run["steps"][kind], device) for kind in ("train", "fwd")} if not rec["error"] else {}
+            mem = {kind: peak_memory(run["steps"][kind], device, list(run["model"].buffers()))
+                   for kind in ("train", "fwd")} if not rec["error"] else {}
         except torch.OutOfMemoryError:
             rec["error"] = "out of memory"
         if rec["error"]:
@@ -341,13 +346,15 @@ def loss_chunks(args, device):
         loss = step()  # warm-up, and the value
         ms = statistics.median(measure(step, device) for _ in range(args.iters)) * 1e3
         rows.append({"loss_chunk": chunk, "peak_mib": peak_memory(step, device) / 2**20, "ms": ms, "loss": loss})
+        print(format_loss_chunk(rows[-1]), flush=True)  # as it comes: on CPU each row takes a while
     return rows
 
 
-def format_loss_chunks(rows):
-    lines = ["loss_chunk   peak MiB        ms        loss"]
-    lines += [f"{r['loss_chunk']:>10} {r['peak_mib']:>10.0f} {r['ms']:>9.0f} {r['loss']:>11.6f}" for r in rows]
-    return "\n".join(lines)
+LOSS_CHUNK_HEAD = "loss_chunk   peak MiB        ms        loss"
+
+
+def format_loss_chunk(r):
+    return f"{r['loss_chunk']:>10} {r['peak_mib']:>10.0f} {r['ms']:>9.0f} {r['loss']:>11.6f}"
 
 
 def format_time_to_loss(runs):
@@ -411,8 +418,9 @@ def parse_args(argv=None):
     p.add_argument("--config", default="config/train_shakespeare_char_cpu.py",
                    help="--time_to_loss: the run timed to the target, once per --variants")
     p.add_argument("--loss_chunks", type=csv_list(int, least=0), help="instead: the KD loss's peak memory and time for each "
-                   "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, n_embd=1024 "
-                   "and vocab_size=151936 (the paper's Qwen student)")
+                   "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, on CUDA with "
+                   "n_embd=1024 and vocab_size=151936 (the paper's Qwen student), on CPU with n_embd=64 and "
+                   "vocab_size=16384 (minutes instead of an hour)")
     args = p.parse_args(argv)
     if args.time_to_loss:
         return args
@@ -425,7 +433,7 @@ def parse_args(argv=None):
         p.error(f"--device={args.device!r}: allowed device types are {', '.join(DEFAULTS)}")
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device={args.device!r} but torch sees no CUDA device; use --device=cpu")
-    for name, value in (*(LOSS_DEFAULTS.items() if args.loss_chunks else ()), *DEFAULTS[device.type].items()):
+    for name, value in (*(LOSS_DEFAULTS[device.type].items() if args.loss_chunks else ()), *DEFAULTS[device.type].items()):
         if getattr(args, name) is None:
             setattr(args, name, value)
     if "softmax" not in args.variants:
@@ -439,17 +447,31 @@ def parse_args(argv=None):
     return args
 
 
+def save_json(path, results):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.out:
+        check_writable(args.out, "--out")  # before the minutes of measuring whose results it keeps
     if args.time_to_loss:
         return main_time_to_loss(args)
     device = torch.device(args.device)
     if args.loss_chunks:
-        rows = loss_chunks(args, device)
         counter = "the CUDA allocator's counters" if device.type == "cuda" else "torch.profiler's CPU allocation events"
+        where = (f"{torch.cuda.get_device_name(device)}, bf16 autocast" if device.type == "cuda" else
+                 f"{cpu_name()}, {torch.get_num_threads()} threads, fp32")
         print(f"KD loss, forward and backward: {args.batch_size} x {args.seq_lens[0]} tokens, vocab_size={args.vocab_size}, "
-              f"student width {args.n_embd}, teacher {2 * args.n_embd}; peak memory from {counter}, median of "
-              f"{args.iters} times\n{format_loss_chunks(rows)}")
+              f"student width {args.n_embd}, teacher {2 * args.n_embd}; {where}, torch {torch.__version__}; peak memory "
+              f"from {counter}, median of {args.iters} times\n{LOSS_CHUNK_HEAD}", flush=True)
+        rows = loss_chunks(args, device)
+        if args.out:
+            settings = {k: getattr(args, k) for k in ("loss_chunks", "batch_size", "seq_lens", "n_embd", "vocab_size", "iters", "seed")}
+            save_json(args.out, {"settings": settings, "device": where, "torch": torch.__version__, "results": rows})
         return rows
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as in training; bf16 autocast covers most matmuls anyway
@@ -472,9 +494,7 @@ def main(argv=None):
     print(f"\npeak memory of a training step (MiB) against T\n{format_memory(records, 'train')}")
     if args.out:
         settings = {k: v for k, v in vars(args).items() if k != "out"}
-        with open(args.out, "w") as f:
-            json.dump({"settings": settings, "device": where, "torch": torch.__version__, "results": records}, f, indent=1)
-        print(f"wrote {args.out}")
+        save_json(args.out, {"settings": settings, "device": where, "torch": torch.__version__, "results": records})
     return records
 
 
@@ -486,9 +506,7 @@ def main_time_to_loss(args):
     print(f"\ntime to the baseline's final val loss {runs[0]['target']:.4f} (same data, same eval batches); {where}")
     print(format_time_to_loss(runs))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": where, "results": runs}, f, indent=1)
-        print(f"wrote {args.out}")
+        save_json(args.out, {"device": where, "results": runs})
     return runs
 
 

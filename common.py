@@ -74,6 +74,22 @@ def check_device(device, name="device"):
         raise ConfigError(f"{name}={device!r} but MPS is not available here; use {name}=cpu")
 
 
+def check_writable(path, setting, folder=False):
+    """Refuses, before the work whose results go there, an output file (or with folder=True an output folder)
+    that could not be written at the end: a folder where a file must go or the reverse, a path below a file,
+    or a place without write permission. Missing folders are fine: the writer makes them (os.makedirs)."""
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        raise ConfigError(f"{setting}={path!r} is a {'file' if folder else 'directory'}; give "
+                          f"{'a directory' if folder else 'a file name'}")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) and existing != os.path.abspath(path):
+        raise ConfigError(f"{setting}={path!r} is below {existing}, which is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"{setting}={path!r}: {existing} is not writable")
+
+
 def read_config_file(path):
     """The names a config file assigns (it is python, run with exec), less dunders and imported modules."""
     if not os.path.isfile(path):

@@ -13,13 +13,14 @@ dict that `out` saves (the settings, the model, every task's metrics, the table'
 checks the task names before anything runs.
 """
 
+import difflib
 import json
 import math
 import os
 import shutil
 import sys
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib.metadata import version
 
 import numpy as np
@@ -27,8 +28,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import (ConfigError, check_choice, check_types, describe_tokenizer, eot_token, get_tokenizer, load_config, load_model,
-                    read_meta, read_tokens, tokenizer_of)
+from common import (ConfigError, check_bin, check_choice, check_types, check_writable, describe_tokenizer, eot_token,
+                    get_tokenizer, hub_offline, hub_reachable, load_config, load_model, read_meta, read_tokens, tokenizer_of)
 
 try:
     from lm_eval.api.model import TemplateLM
@@ -221,11 +222,66 @@ def check_tasks(cfg):
             if not os.path.isfile(name):
                 raise ConfigError(f"task file {name!r} not found")
         elif name not in tm.all_tasks:
-            import difflib
             close = difflib.get_close_matches(name, tm.all_tasks, n=3)
             hint = f"did you mean {' or '.join(close)}?" if close else f"none of its {len(tm.all_tasks)} names is close"
             raise ConfigError(f"unknown task {name!r} in {where}; {hint}")
+    configs = {name: task_config(tm, name) for name in cfg.task_list()}
+    for name, (path, task_cfg) in configs.items():
+        if task_cfg is not None:
+            check_task_config(path, task_cfg)
+    check_task_data({name: task_cfg for name, (_, task_cfg) in configs.items() if task_cfg is not None})
     return tm
+
+
+def task_config(tm, name):
+    """(its YAML's path, its config with includes merged) of a task name or YAML path; the config is None for
+    a group or tag, which only name other tasks. lm-eval 0.4.9's index holds dicts, later ones Entry objects."""
+    if is_yaml(name):
+        return name, read_task_yaml(name)[0]
+    entry = tm.task_index[name]
+    kind, path = (entry["type"], entry["yaml_path"]) if isinstance(entry, dict) else (entry.kind.name, entry.yaml_path)
+    return str(path), read_task_yaml(str(path))[0] if str(kind).lower() == "task" else None
+
+
+def close_to(name, allowed):
+    close = difflib.get_close_matches(name, allowed, n=3)
+    return f"did you mean {' or '.join(close)}?" if close else f"allowed: {', '.join(allowed)}"
+
+
+def check_task_config(path, task_cfg):
+    """What lm-eval would fail on, with errors that name neither the file nor the field (KeyError: None for
+    an unknown metric): an unknown key, output_type or metric. A task of a Python class takes what its class does."""
+    from lm_eval.api.registry import METRIC_REGISTRY
+    from lm_eval.api.task import ALL_OUTPUT_TYPES, TaskConfig
+    if "class" in task_cfg:
+        return
+    keys = [f.name for f in fields(TaskConfig)] + ["group", "task_list"]  # the harness drops these two
+    for key in task_cfg:
+        if key not in keys:
+            raise ConfigError(f"task file {path}: unknown key {key!r}; {close_to(key, keys)}")
+    output_type = task_cfg.get("output_type")
+    if output_type is not None and output_type not in ALL_OUTPUT_TYPES:
+        raise ConfigError(f"task file {path}: unknown output_type={output_type!r}; allowed: {', '.join(ALL_OUTPUT_TYPES)}")
+    for entry in task_cfg.get("metric_list") or []:
+        metric = entry.get("metric") if isinstance(entry, dict) else None
+        if isinstance(metric, Function) or isinstance(entry, dict) and entry.get("hf_evaluate"):
+            continue  # a metric of the task's own code, or of the evaluate library
+        if metric not in METRIC_REGISTRY:
+            raise ConfigError(f"task file {path}: metric_list has unknown metric {metric!r}; {close_to(str(metric), sorted(METRIC_REGISTRY))}")
+
+
+def check_task_data(configs):
+    """Tasks whose data is on the Hugging Face hub, when it cannot be reached: fail at once, not after the
+    datasets library's minute of retries."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES  # the loaders of local files: json, parquet, ...
+    offline = hub_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    hub = {name: c["dataset_path"] for name, c in configs.items() if c.get("dataset_path") and "custom_dataset" not in c
+           and c["dataset_path"] not in _PACKAGED_DATASETS_MODULES and not os.path.isdir(c["dataset_path"])}
+    if hub and not offline and not hub_reachable():
+        name, path = next(iter(hub.items()))
+        raise ConfigError(f"task {name!r} reads {path!r} from the Hugging Face hub, which cannot be reached: connect, set "
+                          f"HF_DATASETS_OFFLINE=1 if its data is in the datasets cache, or export the tasks with network "
+                          f"(python eval.py --export_tasks=DIR) and evaluate offline with --include_path=DIR")
 
 
 def run_tasks(lm, tm, cfg):
@@ -274,6 +330,8 @@ def table(cols, metric, ppl):
 def evaluate(cfg):
     """Perplexity on cfg.ppl_data_dir's val.bin and the harness tasks cfg.tasks, of the model cfg.init_from;
     prints the table and returns (and writes to cfg.out) the results."""
+    if cfg.out:
+        check_writable(cfg.out, "out")  # before the minutes of evaluation whose results it keeps
     model, meta, ckpt = load_model(cfg.init_from, cfg.device)
     tm = check_tasks(cfg) if cfg.tasks else None  # a missing lm-eval or a misspelt task: before minutes of perplexity
     lm = GPTLM(model, meta, cfg.batch_size, cfg.dtype)
@@ -285,6 +343,7 @@ def evaluate(cfg):
         if tokenizer_of(data_meta) != tokenizer_of(meta):
             raise ConfigError(f"ppl_data_dir={cfg.ppl_data_dir!r} holds {describe_tokenizer(data_meta)} tokens, the model "
                               f"reads {describe_tokenizer(meta)}: prepare the data with the model's tokenizer")
+        check_bin(os.path.join(cfg.ppl_data_dir, "val.bin"), data_meta, model.config.block_size)  # as train.py reads it
         ppl = perplexity(lm.model, read_tokens(cfg.ppl_data_dir, "val"), cfg.ppl_windows, cfg.seed, cfg.batch_size, lm.autocast)
         ppl["data"] = os.path.join(cfg.ppl_data_dir, "val.bin")
     tasks = run_tasks(lm, tm, cfg) if tm else {}
@@ -294,6 +353,7 @@ def evaluate(cfg):
               "columns": {k: v for k, (v, _) in cols.items()}, "metric": metric}
     print(table(cols, metric, ppl))
     if cfg.out:
+        os.makedirs(os.path.dirname(cfg.out) or ".", exist_ok=True)
         with open(cfg.out, "w") as f:
             json.dump(result, f, indent=1)
     return result
@@ -332,19 +392,18 @@ def export_tasks(cfg):
     The YAMLs name the files by absolute path: copy DIR to the same path on the offline machine."""
     import datasets
     import yaml
+    check_writable(cfg.export_tasks, "export_tasks", folder=True)
     tm = check_tasks(cfg)
     yaml.add_representer(Function, lambda dumper, f: dumper.represent_scalar("!function", f), Dumper=yaml.SafeDumper)
     for name in cfg.task_list():
-        entry = name if is_yaml(name) else tm.task_index[name]
-        path = entry if isinstance(entry, str) else entry["yaml_path"] if isinstance(entry, dict) else entry.yaml_path
-        task_cfg, folders = read_task_yaml(path)  # lm-eval 0.4.9's index holds dicts, later ones Entry objects
+        task_cfg, folders = read_task_yaml(task_config(tm, name)[0])
         name = task_cfg["task"]
-        folder = os.path.abspath(os.path.join(cfg.export_tasks, name))
-        os.makedirs(folder, exist_ok=True)
         try:
             data = datasets.load_dataset(task_cfg["dataset_path"], task_cfg.get("dataset_name"), **task_cfg.get("dataset_kwargs") or {})
         except ConnectionError as e:
             raise ConfigError(f"task {name!r}: {str(e).splitlines()[0]}; exporting needs network") from None
+        folder = os.path.abspath(os.path.join(cfg.export_tasks, name))
+        os.makedirs(folder, exist_ok=True)  # once there is data to put in it
         files = {split: os.path.join(folder, f"{split}.parquet") for split in data}
         for split, path in files.items():
             data[split].to_parquet(path)

@@ -41,14 +41,18 @@ class SampleConfig:
 
 def sample(cfg):
     """num_samples texts, each the prompt followed by max_new_tokens sampled tokens."""
-    model, meta, _ = load_model(cfg.init_from, cfg.device)
-    encode, decode = get_tokenizer(meta)
-    start = cfg.start
+    start = cfg.start  # a prompt file first: a bad one fails before the model loads
     if start.startswith("FILE:"):
         if not os.path.isfile(start[len("FILE:"):]):
             raise ConfigError(f"start={start!r}: there is no file {start[len('FILE:'):]!r}")
-        with open(start[len("FILE:"):], encoding="utf-8") as f:
-            start = f.read()
+        try:
+            with open(start[len("FILE:"):], encoding="utf-8") as f:
+                start = f.read()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"start={start!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                              f"give a text file") from None
+    model, meta, _ = load_model(cfg.init_from, cfg.device)
+    encode, decode = get_tokenizer(meta)
     ids = encode(start)
     if not ids:
         raise ConfigError("start is empty: generation needs at least one token to start from")

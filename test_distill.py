@@ -4,6 +4,7 @@ Everything offline: a tiny random LLaMA and a byte-level BPE trained on the embe
 import copy
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,14 @@ def load_script(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def gpt2_bpe_or_skip():
+    """tiktoken downloads the GPT-2 BPE files once: without network or a TIKTOKEN_CACHE_DIR holding them, skip."""
+    try:
+        common.gpt2_encoding()
+    except ConfigError as e:
+        pytest.skip(f"needs the GPT-2 BPE files: {e}")
 
 
 def save_bpe(folder, vocab_size=400, chars=200_000):
@@ -165,6 +174,7 @@ def test_write_data_refuses_too_short_input_and_keeps_earlier_files(tmp_path):
     assert {name: (tmp_path / "d" / name).read_bytes() for name in before} == before
     assert sorted(os.listdir(folder)) == ["meta.json", "train.bin", "val.bin"]  # no temporary file left
     (tmp_path / "empty.txt").write_text("")
+    gpt2_bpe_or_skip()
     with pytest.raises(ConfigError, match="the train split has 0 tokens"):
         load_script("data/shakespeare/prepare.py").main(str(tmp_path / "empty.txt"), str(tmp_path / "e"), "r50k_base")
 
@@ -216,8 +226,7 @@ def test_bad_data_is_refused_naming_the_file(tmp_path, how, message):
 
 def test_c4_offline_fails_at_once_with_one_line(monkeypatch, capsys):
     pytest.importorskip("datasets")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    gpt2_bpe_or_skip()  # the tokenizer is opened first
     with pytest.raises(SystemExit) as e:
         load_script("data/c4/prepare.py").main(["--tokenizer=r50k_base", "--out_dir=/nonexistent"])
     message = str(e.value)
@@ -501,10 +510,14 @@ def test_evaluation_draws_train_batches_of_its_own_the_same_every_time(tmp_path,
     assert all(torch.equal(vals[i], get_batch(data, "val", 8, 32, generator, "cpu", common.read_meta(data))[0]) for i in range(2))
 
 
-def test_bench_measures_the_loss_memory_against_loss_chunk(capsys):
+def test_bench_measures_the_loss_memory_against_loss_chunk(capsys, tmp_path):
     import bench
 
-    rows = bench.main(["--device=cpu", "--loss_chunks=0,16", "--vocab_size=2000", "--n_embd=16", "--seq_lens=128", "--iters=1"])
+    out = tmp_path / "new" / "loss_chunks.json"  # its folder is made
+    rows = bench.main(["--device=cpu", "--loss_chunks=0,16", "--vocab_size=2000", "--n_embd=16", "--seq_lens=128", "--iters=1",
+                       f"--out={out}"])
+    saved = json.loads(out.read_text())
+    assert saved["results"] == rows and saved["settings"]["vocab_size"] == 2000 and saved["settings"]["loss_chunks"] == [0, 16]
     assert [r["loss_chunk"] for r in rows] == [0, 16] and rows[0]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-6)
     # unchunked: about 7 fp32 tensors of 128 x 2000 logits (1 MiB each); in chunks of 16 tokens an eighth of that
     assert rows[0]["peak_mib"] > 5 and rows[1]["peak_mib"] < 0.5 * rows[0]["peak_mib"]

@@ -323,3 +323,75 @@ def test_bad_input_is_one_clear_line(tmp_path, monkeypatch):
     lm = GPTLM(make_model("softmax", vocab_size=len(CHARS)), META)
     with pytest.raises(ConfigError, match=f"^a continuation of 20 tokens is longer than block_size={T}"):
         lm.loglikelihood(requests("loglikelihood", [("a", "b" * 20)]), disable_tqdm=True)
+
+
+@pytest.mark.parametrize("line, message", [
+    (dict(output_type="multiple_choise"), "unknown output_type='multiple_choise'; allowed: loglikelihood, multiple_choice, "
+                                          "loglikelihood_rolling, generate_until"),
+    (dict(metric_list="[{metric: acc_nrom}]"), "metric_list has unknown metric 'acc_nrom'; did you mean acc_norm?"),
+    (dict(doc_to_txt='"{{question}}"'), "unknown key 'doc_to_txt'; did you mean doc_to_text or doc_to_target or doc_to_image?"),
+], ids=["output_type", "metric", "key"])
+def test_a_bad_task_yaml_names_the_file_and_the_field(tmp_path, line, message):
+    """lm-eval's own errors name neither (an unknown metric is `KeyError: None`): checked before the model loads."""
+    fields = dict(output_type="multiple_choice", doc_to_text='"{{question}}"', doc_to_target="label", doc_to_choice="choices")
+    write_task(tmp_path / "tasks", "local_typo", MC_DOCS, **{**fields, **line})
+    path = str(tmp_path / "tasks" / "local_typo.yaml")
+    for cfg in (EvalConfig(tasks="local_typo", include_path=str(tmp_path / "tasks")), EvalConfig(tasks=path)):
+        with pytest.raises(ConfigError, match=f"^task file {re.escape(path)}: {re.escape(message)}$"):
+            check_tasks(cfg)
+
+
+def test_bad_perplexity_data_is_one_line_as_in_training(tmp_path):
+    _, ckpt = model_and_ckpt(tmp_path)
+    data = char_data(tmp_path / "data")
+    val = os.path.join(data, "val.bin")
+    run = lambda: evaluate(EvalConfig(init_from=ckpt, tasks="", ppl_data_dir=data, device="cpu"))
+    np.array([1, 2, len(CHARS)] * 10, dtype=np.uint16).tofile(val)
+    with pytest.raises(ConfigError, match=f"^{re.escape(val)} holds token id {len(CHARS)}, beyond meta\\.\\w+'s vocab_size="
+                                          f"{len(CHARS)}: data of another tokenizer\\? prepare the data again$"):
+        run()
+    with open(val, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ConfigError, match=f"^{re.escape(val)} has 61 bytes, not a whole number of uint16 token ids "
+                                          f"\\(meta\\.\\w+'s dtype\\); prepare the data again$"):
+        run()
+
+
+def test_out_is_checked_before_the_evaluation_and_its_folder_made(tmp_path, capsys):
+    _, ckpt = model_and_ckpt(tmp_path)
+    (tmp_path / "file").write_text("")
+    run = lambda out: evaluate(EvalConfig(init_from=ckpt, tasks="", ppl_data_dir=char_data(tmp_path / "data"),
+                                          ppl_windows=2, device="cpu", out=out))
+    with pytest.raises(ConfigError, match=f"^out='{re.escape(str(tmp_path))}' is a directory; give a file name$"):
+        run(str(tmp_path))
+    with pytest.raises(ConfigError, match=f"^out='{re.escape(str(tmp_path / 'file' / 'eval.json'))}' is below "
+                                          f"{re.escape(str(tmp_path / 'file'))}, which is a file, not a directory$"):
+        run(str(tmp_path / "file" / "eval.json"))
+    assert "init_from: loaded" not in capsys.readouterr().out  # refused before the model loaded
+    run(str(tmp_path / "new" / "eval.json"))
+    assert json.loads((tmp_path / "new" / "eval.json").read_text())["perplexity"]["windows"] == 2
+
+
+def test_an_unreachable_hub_fails_at_once_and_an_export_leaves_no_empty_folder(tmp_path, monkeypatch):
+    tasks = str(tmp_path / "tasks")
+    write_task(tasks, "local_far", MC_DOCS, output_type="multiple_choice", doc_to_text='"{{question}}"',
+               doc_to_target="label", doc_to_choice="choices", dataset_path="nobody/unreachable", dataset_kwargs="{}")
+    write_local_tasks(tasks)
+    exported = tmp_path / "exported"
+    # the datasets library offline (as conftest.py sets it for every test): it fails at once by itself
+    with pytest.raises(ConfigError, match="^task 'local_far': Couldn't reach 'nobody/unreachable'.*; exporting needs network$"):
+        export_tasks(EvalConfig(tasks="local_far", include_path=tasks, export_tasks=str(exported)))
+    assert not exported.exists()
+    # no offline setting and no network: without the check, a minute of the library's retries
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setattr("eval.hub_reachable", lambda: False)
+    message = ("^task 'local_far' reads 'nobody/unreachable' from the Hugging Face hub, which cannot be reached: connect, "
+               "set HF_DATASETS_OFFLINE=1 if its data is in the datasets cache, or export the tasks with network "
+               "\\(python eval.py --export_tasks=DIR\\) and evaluate offline with --include_path=DIR$")
+    with pytest.raises(ConfigError, match=message):
+        check_tasks(EvalConfig(tasks="local_mc,local_far", include_path=tasks))
+    with pytest.raises(ConfigError, match=message):
+        export_tasks(EvalConfig(tasks="local_far", include_path=tasks, export_tasks=str(exported)))
+    assert not exported.exists()
+    assert check_tasks(EvalConfig(tasks="local_mc,local_ppl", include_path=tasks))  # local files need no hub

@@ -4,6 +4,7 @@ failed saves, setting ranges, --help, and one clear line for every bad input."""
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -328,8 +329,8 @@ def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys):
         sample(SampleConfig(init_from=str(tmp_path / "out"), device="cuda"))
     with pytest.raises(ConfigError, match=message):
         compare(CompareConfig(out_dir=str(tmp_path / "cmp"), device="cuda", data_dir=str(tmp_path / "data")))
-    with pytest.raises(ConfigError, match=message):
-        analyze.main(["--ckpt", str(tmp_path / "out"), "--device", "cuda"])
+    with pytest.raises(ConfigError, match="^--device='cuda' but torch sees no CUDA GPU here; use --device=cpu$"):
+        analyze.main(["--ckpt", str(tmp_path / "out"), "--device", "cuda"])  # its option's name, not train.py's
     with pytest.raises(ConfigError, match=message):
         evaluate(EvalConfig(init_from=str(tmp_path / "out"), device="cuda", tasks=""))
     with pytest.raises(ConfigError, match="device='cuda:x' but this machine has CUDA devices|no CUDA GPU"):
@@ -379,6 +380,32 @@ def test_analyze_settings_out_of_range(argv, message, capsys):
     with pytest.raises(SystemExit):
         analyze.main(["--ckpt", "x"] + argv)
     assert message in capsys.readouterr().err
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path):
+    """A file where a folder must go, or a path below a file, is refused before anything loads or runs (the
+    checkpoint "x" does not even exist); a missing folder is made when the results are written."""
+    import bench
+
+    (tmp_path / "file").write_text("")
+    file, below = str(tmp_path / "file"), str(tmp_path / "file" / "x")
+    for argv, message in ((["--plot_dir", file], f"--plot_dir='{file}' is a file; give a directory"),
+                          (["--plot_dir", below], f"--plot_dir='{below}' is below {file}, which is a file, not a directory")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            analyze.main(["--ckpt", "x"] + argv)
+    for out, message in ((str(tmp_path), f"--out='{tmp_path}' is a directory; give a file name"),
+                         (below, f"--out='{below}' is below {file}, which is a file, not a directory")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            bench.main(["--device=cpu", "--out", out])
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            bench.main(["--time_to_loss", "--out", out])
+
+
+def test_a_binary_prompt_file_is_one_line(tmp_path):
+    (tmp_path / "prompt.bin").write_bytes(b"ab\xff\xfecd")
+    start = f"FILE:{tmp_path / 'prompt.bin'}"
+    with pytest.raises(ConfigError, match=f"^start='{re.escape(start)}' is not UTF-8 text \\(byte 0xff at offset 2\\): give a text file$"):
+        sample(SampleConfig(init_from="nowhere", start=start))  # before the model loads
 
 
 # --------------------------------------------------------------------------------------------------

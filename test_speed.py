@@ -3,6 +3,8 @@ measured on CPU, and bench.py's time-to-loss comparison. No test here asserts a 
 
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -111,6 +113,24 @@ def test_peak_memory_on_cpu_counts_live_tensors():
     peak = bench.peak_memory(lambda: (torch.ones(2**20) + 1).sum(), cpu)  # two 4 MiB tensors live at once
     assert 8 * 2**20 <= peak < 8 * 2**20 + 4096
     assert bench.peak_memory(lambda: [torch.ones(2**20).sum() for _ in range(3)], cpu) < 4 * 2**20 + 4096
+
+
+def test_peak_memory_frees_no_block_the_profiler_cannot_size():
+    """An affine training step replaces its alpha_sum buffer, a block allocated before the profiler started:
+    torch's allocator warns "Memory block of unknown size" when it is freed while the profiler runs, unless
+    it is held (keep) until the profiler stops. It warns once per process: a process of its own, kept first,
+    then not kept, after a step outside the profiler has made new buffers."""
+    script = ("import sys, torch, bench; from model import GPT, GPTConfig; "
+              "model = GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=1, n_head=2, n_embd=16, attn='affine')); "
+              "opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99)); x = torch.randint(0, 37, (2, 16)); "
+              "step = lambda: bench.train_step(model, opt, x, x, torch.autocast('cpu', enabled=False)); step(); "
+              "bench.peak_memory(step, torch.device('cpu'), list(model.buffers())); step(); print('without keep:', file=sys.stderr); "
+              "bench.peak_memory(step, torch.device('cpu'))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(os.path.abspath(__file__)),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, not_kept = done.stderr.split("without keep:")
+    assert "Memory block of unknown size" not in kept and "Memory block of unknown size" in not_kept
 
 
 def test_fused_training_memory_is_linear_in_T_and_eager_is_not():
