@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import weakref
 from dataclasses import asdict
 
 import numpy as np
@@ -708,25 +709,54 @@ def test_ce_lowers_the_loss_and_logs_every_key(tmp_path):
     assert result["iter_num"] == 30 and result["val_loss"] == evals[-1]["val_loss"]
     assert [r["iter"] for r in steps] == [0, 5, 10, 15, 20, 25]
     assert set(evals[0]) == {"iter", "train_loss", "val_loss", "val_ppl", "time_s", "eval_s"}
-    stats = {"logit_mag", "alpha", "alpha_ma"}  # every stats_interval iters only
+    stats = {"qk_mag", "alpha", "alpha_ma"}  # every stats_interval iters only
     assert set(steps[1]) == {"iter", "lr", "loss", "ce", "grad_norm", "tokens_per_s", "dt_ms"}
     assert [set(r) == set(steps[1]) | stats for r in steps] == [True, False] * 3
-    assert len(steps[-2]["alpha"]) == len(steps[-2]["alpha_ma"]) == 2 and steps[-2]["logit_mag"] > 0
+    assert len(steps[-2]["alpha"]) == len(steps[-2]["alpha_ma"]) == 2 and steps[-2]["qk_mag"] > 0
     ckpt = torch.load(os.path.join(result["out_dir"], "ckpt.pt"))
     assert {"model", "optimizer", "model_args", "config", "iter_num", "best_val_loss", "meta", "rng"} <= set(ckpt)
     assert ckpt["iter_num"] == 30 and ckpt["config"]["attn"] == "affine"
 
 
-def test_attention_stats_average_the_visible_logits():
+def test_attention_stats_equal_the_full_maps_on_the_first_sequences(monkeypatch):
+    """train.attention_stats, one layer at a time on the first STATS_TOKENS tokens, gives what every layer's
+    full maps of those sequences give; qk_mag is the paper's Fig. 2 |QK^T|, not divided by sqrt(d_k)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16, attn="affine"))
-    x = torch.randint(11, (3, 8))
+    model = make_model("affine", n_head=4, n_layer=3, block_size=8)
+    x = torch.randint(37, (5, 8))
+    monkeypatch.setattr(train_module, "STATS_TOKENS", 16)  # 2 sequences of 8
     stats = attention_stats(model, x)
-    maps = model.attention_maps(x)
-    logits = torch.stack([m["logits"] for m in maps])  # (layer, B, head, T, T), -inf above the diagonal
-    assert stats["logit_mag"] == pytest.approx(logits[torch.isfinite(logits)].abs().mean().item(), rel=1e-5)
+    maps = model.attention_maps(x[:2])  # every layer at once, the whole of both sequences
+    logits = torch.stack([m["logits"] for m in maps])  # (layer, 2, head, T, T), -inf above the diagonal
+    qk = logits[torch.isfinite(logits)].abs() * math.sqrt(16 / 4)
+    assert stats["qk_mag"] == pytest.approx(qk.mean().item(), rel=1e-5)
     assert stats["alpha"] == pytest.approx([m["alpha"].mean().item() for m in maps])
-    assert stats["alpha_ma"] == [0.0, 0.0] and model.training  # read in eval mode: nothing updated
+    assert stats["alpha_ma"] == pytest.approx([b.attn.alpha_ma.mean().item() for b in model.transformer.h])
+    assert model.training  # read in eval mode: nothing updated
+    # layer 0's QK^T from its own projections, independently of the eager path
+    a = model.transformer.h[0].attn
+    h = model.transformer.h[0].ln_1(model.transformer.wte(x[:2]) + model.transformer.wpe(torch.arange(8)))
+    q, k, _ = a.c_attn(h).split(16, dim=2)
+    q, k = (t.view(2, 8, 4, 4).transpose(1, 2) for t in (q, k))
+    visible = torch.ones(8, 8, dtype=torch.bool).tril()
+    torch.testing.assert_close(logits[0] * math.sqrt(4), (q @ k.transpose(-2, -1)).masked_fill(~visible, float("-inf")))
+    assert attention_stats(model, x[:1])["qk_mag"] != pytest.approx(stats["qk_mag"])  # it does look at x[1]
+
+
+def test_attention_maps_reduce_each_layer_before_the_next():
+    """With reduce, a layer's maps are gone before the next layer runs: one layer's T x T maps at a time."""
+    model = make_model("softmax", n_layer=3).eval()
+    alive = []
+
+    def reduce(maps):
+        alive.append([r() is not None for r in refs])  # the earlier layers' logits, still held by anyone?
+        refs.append(weakref.ref(maps["logits"]))
+        return maps["weights"].sum().item()
+
+    refs = []
+    sums = model.attention_maps(batch()[0], reduce)
+    assert alive == [[], [False], [False, False]]
+    assert sums == pytest.approx([m["weights"].sum().item() for m in model.attention_maps(batch()[0])])
 
 
 def test_kd_lowers_the_loss(tmp_path):
@@ -1009,7 +1039,7 @@ def make_run(tmp_path, attn, vocab=50, T=24):
     with open(out_dir / "metrics.jsonl", "w") as f:
         for i, gn in enumerate(g):
             f.write(json.dumps({"iter": 10 * i, "lr": 1e-3, "loss": 4.0 - 0.01 * i, "grad_norm": gn,
-                                "tokens_per_s": 1000.0, "logit_mag": 2.0 - 0.01 * i}) + "\n")
+                                "tokens_per_s": 1000.0, "qk_mag": 2.0 - 0.01 * i}) + "\n")
         f.write(json.dumps({"iter": 400, "val_loss": 3.5}) + "\n")
     return out_dir / "ckpt.pt"
 
@@ -1038,7 +1068,7 @@ def test_analyze_end_to_end(tmp_path, capsys):
     assert "grad_norm at iters < 500 (40 logged" in summary and "spikes k=6: 5, k=9: 5" in summary
     assert "val_loss: 3.5 (iter 400)" in summary
     pytest.importorskip("matplotlib")
-    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm", "train_loss", "train_loss_end"):
+    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "qk_mag", "grad_norm", "train_loss", "train_loss_end"):
         assert (plot_dir / f"{name}.png").stat().st_size > 0
 
 

@@ -17,9 +17,10 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
   every log_interval iters  iter, lr, loss, ce (and kd when distilling), grad_norm (before clipping),
                             tokens_per_s and dt_ms (training alone: evaluation and logging left out);
                             loss, ce, kd and dt_ms are means over the iterations since the previous row
-  every stats_interval iters the log row also has logit_mag (the paper's Fig. 2: mean |pre-softmax logit|
-                            over the causally visible entries of every layer and head) and, for the affine
-                            variants, alpha and alpha_ma (per layer, means over heads and tokens)
+  every stats_interval iters the log row also has qk_mag (the paper's Fig. 2: mean |QK^T|, not divided by
+                            sqrt(d_k), over the causally visible entries of every layer and head) and, for
+                            the affine variants, alpha and alpha_ma (per layer, means over heads and tokens),
+                            on the first STATS_TOKENS tokens of the step's last micro-batch
   every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling),
                             time_s (wall seconds from the start to this evaluation), eval_s (its seconds);
   and after the last iter   the same, and the last checkpoint is written
@@ -66,7 +67,7 @@ class TrainConfig:
     eval_interval: int = 2000
     eval_iters: int = 200  # batches per split at each evaluation
     log_interval: int = 10
-    # the attention statistics cost one extra eager forward (T x T maps), so they are measured more rarely
+    # the attention statistics cost one extra eager forward of a few sequences, so they are measured more rarely
     stats_interval: int = 100  # in the first log row at or after every multiple of it
     always_save_checkpoint: bool = True  # False: ckpt.pt only when val loss improves, and at the end (best.pt: when it improves)
     init_from: str = "scratch"  # or "resume" from out_dir/ckpt.pt
@@ -282,16 +283,32 @@ def estimate_loss(model, cfg, data_dir, device, ctx):
     return out
 
 
+# the attention statistics look at the first sequences of a micro-batch, this many tokens (at least one sequence)
+STATS_TOKENS = 2048
+
+
 @torch.no_grad()
 def attention_stats(model, x):
-    """The paper's Fig. 2 quantity and, for the affine variants, alpha and alpha_ma per layer."""
-    maps = model.attention_maps(x)  # eval mode: alpha_ma is read, not updated
+    """The paper's Fig. 2 quantity, qk_mag: the mean |QK^T| (not divided by sqrt(d_k)) over every layer, head
+    and causally visible query-key pair; and, for the affine variants, alpha (per layer, the mean over heads
+    and tokens) and alpha_ma (per layer, the mean over heads). On the first sequences of x, at most
+    STATS_TOKENS tokens, one layer at a time: each layer's T x T maps are reduced to these numbers before
+    the next layer runs, so the cost is one layer's maps of a few sequences, whatever the batch and depth."""
+    x = x[:max(1, STATS_TOKENS // x.size(1))]
     T = x.size(1)
-    visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    # every layer has the same number of visible entries, so the mean of the layers' means is the mean
-    stats = {"logit_mag": torch.stack([m["logits"][..., visible].float().abs().mean() for m in maps]).mean().item()}
-    if maps[0]["alpha"] is not None:
-        stats["alpha"] = [m["alpha"].float().mean().item() for m in maps]
+    masked = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)  # keys a query does not see
+    sqrt_d = math.sqrt(model.config.n_embd // model.config.n_head)
+
+    def reduce(maps):
+        qk = maps["logits"].masked_fill(masked, 0.0).abs().sum(dtype=torch.float32) * sqrt_d
+        alpha = maps["alpha"].float().mean() if maps["alpha"] is not None else qk.new_zeros(())
+        return torch.stack([qk, alpha])
+
+    per_layer = torch.stack(model.attention_maps(x, reduce)).tolist()  # one sync for all layers
+    pairs = len(per_layer) * x.size(0) * model.config.n_head * T * (T + 1) / 2  # visible (query, key) pairs
+    stats = {"qk_mag": sum(qk for qk, _ in per_layer) / pairs}
+    if model.transformer.h[0].attn.affine:
+        stats["alpha"] = [alpha for _, alpha in per_layer]
         stats["alpha_ma"] = [block.attn.alpha_ma.float().mean().item() for block in model.transformer.h]
     return stats
 
