@@ -442,7 +442,9 @@ def open_tokenizer(name):
         raise ConfigError(f"tokenizer={name!r} has neither a BOS nor an EOS token to separate documents with")
 
     def encode_batch(texts):
-        return tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # verbose=False: a whole document is longer than the model's context (model_max_length), and
+        # transformers warns that it would be too long for the model; here it is cut into windows later
+        return tok(texts, add_special_tokens=False, split_special_tokens=True, verbose=False)["input_ids"]
 
     return hf_meta(tok, name), encode_batch, separator
 
