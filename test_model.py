@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pickle
+import re
 import weakref
 from dataclasses import asdict
 
@@ -718,6 +719,20 @@ def test_ce_lowers_the_loss_and_logs_every_key(tmp_path):
     assert ckpt["iter_num"] == 30 and ckpt["config"]["attn"] == "affine"
 
 
+def test_a_run_prints_each_loss_by_name_its_wall_time_and_where_its_files_went(tmp_path, capsys):
+    result = train(tiny(tmp_path, max_iters=4, eval_interval=2))
+    out, err = capsys.readouterr()
+    steps, evals = read_metrics(result["out_dir"])
+    for e in evals:  # the evaluations are cross-entropies, also when distilling
+        assert f"iter {e['iter']}: train CE {e['train_loss']:.4f}, val CE {e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f}\n" in out
+    assert f"ce={steps[-1]['ce']:.4f}, tok_s=" in err and "kd=" not in err and "loss=" not in err  # the bar
+    assert re.search(r"^4 iters in 0:00:\d\d \(h:mm:ss\), [\d.]+ ms/iter: [\d.]+ train, [\d.]+ eval \(with checkpoints\), "
+                     r"[\d.]+ logging$", out, re.M)
+    run = result["out_dir"]
+    assert out.endswith(f"checkpoints: {run}/ckpt.pt (iter 4), {run}/best.pt (the lowest val CE, {result['best_val_loss']:.4f}); "
+                        f"metrics: {run}/metrics.jsonl\n")
+
+
 def test_attention_stats_equal_the_full_maps_on_the_first_sequences(monkeypatch):
     """train.attention_stats, one layer at a time on the first STATS_TOKENS tokens, gives what every layer's
     full maps of those sequences give; qk_mag is the paper's Fig. 2 |QK^T|, not divided by sqrt(d_k)."""
@@ -759,12 +774,14 @@ def test_attention_maps_reduce_each_layer_before_the_next():
     assert sums == pytest.approx([m["weights"].sum().item() for m in model.attention_maps(batch()[0])])
 
 
-def test_kd_lowers_the_loss(tmp_path):
+def test_kd_lowers_the_loss(tmp_path, capsys):
     data = make_char_data(tmp_path / "data")
     train(tiny(tmp_path, "teacher", data, n_embd=32, max_iters=40))
+    capsys.readouterr()
     result = train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "teacher"), kd_alpha=1.0,
                         kd_temperature=2.0, max_iters=30, log_interval=5))
     steps, _ = read_metrics(result["out_dir"])
+    assert f"kd={steps[-1]['kd']:.4f}, ce={steps[-1]['ce']:.4f}, tok_s=" in capsys.readouterr().err  # the bar names both
     assert steps[-1]["kd"] < 0.5 * steps[0]["kd"]
     assert steps[0]["loss"] == pytest.approx(steps[0]["kd"])  # kd_alpha=1: no cross-entropy in the loss
 

@@ -26,10 +26,12 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
   and after the last iter   the same, and the last checkpoint is written
 With always_save_checkpoint=True ckpt.pt is written at every evaluation, else only when the val loss
 improves and after the last iter. The first run of the default dataset prepares it from the embedded corpus.
-At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging".
+At the end it prints the wall time, where it went ("X ms/iter: Y train, Z eval, W logging") and where the
+checkpoints and metrics are.
 """
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -472,7 +474,7 @@ def _train(cfg, device, ddp):
             log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
                  "time_s": t_eval - t_start, "eval_s": time.time() - t_eval})
             if master:
-                pbar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val ppl {ppl:.2f}")
+                pbar.write(f"iter {iter_num}: train CE {losses['train']:.4f}, val CE {losses['val']:.4f}, val ppl {ppl:.2f}")
             best = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
             if best or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
@@ -523,7 +525,10 @@ def _train(cfg, device, ddp):
                 with ctx:
                     row.update(attention_stats(model, x))
             log(row)
-            pbar.set_postfix(loss=f"{mean[0]:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
+            # each loss by its name: when distilling, the loss minimised is (mostly) kd, and ce is what evaluations print
+            shown = {"kd": f"{mean[2]:.4f}"} if teacher is not None else {}
+            shown.update(ce=f"{mean[1]:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+            pbar.set_postfix(shown, refresh=False)  # a dict keeps this order (keywords would be sorted)
             pending.clear()
             spent["log"] += time.time() - t_log
             t_row, spent_at_row = time.time(), sum(spent.values())
@@ -533,7 +538,10 @@ def _train(cfg, device, ddp):
     elapsed = time.time() - t_start
     if master and iter_num > start_iter:
         total, ev, lg = (1e3 * t / (iter_num - start_iter) for t in (elapsed, spent["eval"], spent["log"]))
-        print(f"{total:.1f} ms/iter: {total - ev - lg:.1f} train, {ev:.1f} eval (with checkpoints), {lg:.1f} logging")
+        print(f"{iter_num - start_iter} iters in {datetime.timedelta(seconds=round(elapsed))} (h:mm:ss), {total:.1f} ms/iter: "
+              f"{total - ev - lg:.1f} train, {ev:.1f} eval (with checkpoints), {lg:.1f} logging")
+        best_kept = f", {best_path} (the lowest val CE, {best_val_loss:.4f})" if os.path.exists(best_path) else ""
+        print(f"checkpoints: {ckpt_path} (iter {saved_iter}){best_kept}; metrics: {metrics_path}")
     return {"iter_num": iter_num, **last_eval, "best_val_loss": best_val_loss,
             "elapsed_s": elapsed, **{f"{k}_s": v for k, v in spent.items()}, "out_dir": cfg.out_dir}
 
