@@ -7,6 +7,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import weakref
 from dataclasses import asdict
 
@@ -311,6 +312,23 @@ def test_alpha_ma_does_not_depend_on_the_number_of_ranks(tmp_path):
     for rank in range(2):
         for got, block in zip(torch.load(tmp_path / f"rank{rank}.pt"), single.transformer.h):
             torch.testing.assert_close(got, block.attn.alpha_ma, atol=1e-7, rtol=0)
+
+
+def test_a_ddp_run_equals_the_plain_run_and_warns_nothing(tmp_path, monkeypatch):
+    """train.py under DDP (one gloo rank) keeps alpha_ma its own, with no FutureWarning about DDP's
+    settings (torch 2.13 deprecates broadcast_buffers for forward_sync_buffers)."""
+    data = make_char_data(tmp_path / "data")
+    plain = train(tiny(tmp_path, "plain", data, attn="affine", max_iters=4))
+    port = 29500 + os.getpid() % 1000
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ddp = train(tiny(tmp_path, "ddp", data, attn="affine", max_iters=4))
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert ddp["val_loss"] == pytest.approx(plain["val_loss"], abs=1e-6)
+    steps, ddp_steps = read_metrics(plain["out_dir"])[0], read_metrics(ddp["out_dir"])[0]
+    torch.testing.assert_close(torch.tensor([r["alpha_ma"] for r in ddp_steps]), torch.tensor([r["alpha_ma"] for r in steps]))
 
 
 # --------------------------------------------------------------------------------------------------

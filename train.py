@@ -32,6 +32,7 @@ checkpoints and metrics are.
 
 import dataclasses
 import datetime
+import inspect
 import json
 import math
 import os
@@ -405,9 +406,12 @@ def _train(cfg, device, ddp):
     compiled = torch.compile(model) if cfg.compile else model
     # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
     # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
-    # buffers, which is off: it would overwrite the other ranks' gathered means of alpha.
+    # buffers before every forward, which is off: it would overwrite the other ranks' gathered means of alpha.
+    # torch 2.13 calls that setting forward_sync_buffers (and warns about broadcast_buffers, its old name,
+    # which also skipped the sync at set-up, where every rank's buffers are equal anyway).
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
     runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
-                 broadcast_buffers=False) if ddp else compiled
+                 **{no_sync: False}) if ddp else compiled
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
