@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import ConfigError, check_types, get_tokenizer, load_config, load_model
+from common import ConfigError, check_types, cpu_threads, get_tokenizer, load_config, load_model
 
 
 @dataclass
@@ -42,6 +42,7 @@ class SampleConfig:
 def sample(cfg):
     """num_samples texts, each the prompt followed by max_new_tokens sampled tokens."""
     model, meta, _ = load_model(cfg.init_from, cfg.device)
+    cpu_threads(model, cfg.device)
     encode, decode = get_tokenizer(meta)
     start = cfg.start
     if start.startswith("FILE:"):

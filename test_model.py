@@ -751,6 +751,26 @@ def test_a_run_prints_each_loss_by_name_its_wall_time_and_where_its_files_went(t
                         f"metrics: {run}/metrics.jsonl\n")
 
 
+def test_small_models_run_on_one_cpu_thread_unless_omp_num_threads_is_set(tmp_path, monkeypatch, capsys):
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        train(tiny(tmp_path, "a", max_iters=1))
+        assert torch.get_num_threads() == 1
+        assert "cpu: one thread for this small model (set OMP_NUM_THREADS to choose)\n" in capsys.readouterr().out
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        train(tiny(tmp_path, "b", max_iters=1))
+        assert torch.get_num_threads() == 2 and "cpu: one thread" not in capsys.readouterr().out
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        with torch.device("meta"):
+            big = GPT(GPTConfig(vocab_size=50304, n_layer=1, n_head=4, n_embd=256))  # 13.7M parameters
+        assert not common.cpu_threads(big, "cpu") and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_attention_stats_equal_the_full_maps_on_the_first_sequences(monkeypatch):
     """train.attention_stats, one layer at a time on the first STATS_TOKENS tokens, gives what every layer's
     full maps of those sequences give; qk_mag is the paper's Fig. 2 |QK^T|, not divided by sqrt(d_k)."""

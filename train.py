@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer,
+from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, cpu_threads, describe_tokenizer,
                     find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
                     read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
 from model import GPT, GPTConfig
@@ -384,6 +384,7 @@ def _train(cfg, device, ddp):
     else:
         model = GPT(cfg.gpt_config(vocab_size))
     model.to(device)
+    one_thread = cpu_threads(model, device)
     teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile) if cfg.loss == "kd" else None
 
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
@@ -428,6 +429,8 @@ def _train(cfg, device, ddp):
         os.replace(metrics_path + ".tmp", metrics_path)
         print(f"{model.get_num_params() / 1e6:.2f}M parameters, {accum * world * cfg.batch_size * cfg.block_size:,} "
               f"tokens per iteration ({accum} micro-steps x {world} ranks x {cfg.batch_size} x {cfg.block_size})")
+        if one_thread:
+            print("cpu: one thread for this small model (set OMP_NUM_THREADS to choose)")
 
     def log(row):
         if master:
