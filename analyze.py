@@ -12,7 +12,7 @@ GPT.attention_maps: the weight on the first token (Fig. 4), each query's total a
 head-wise total mass normalised to [0, 1] (Fig. 5), the attention entropy (Fig. 6), a 30 x 30 attention
 heatmap (Fig. 9) and, for affine models, alpha and alpha_ma. From each run's metrics.jsonl (next to its
 checkpoint): the training loss (the KD loss when distilling, Fig. 7; its last 2/9 of steps, Fig. 10: steps
-7k-9k of 9k), the attention-logit magnitude and gradient-norm curves (Fig. 2, 8) and the early-training
+7k-9k of 9k), the |QK^T| magnitude (qk_mag) and gradient-norm curves (Fig. 2, 8) and the early-training
 gradient-norm statistics of Tables 4 and 5. The figures add phi, sigmoid against linear clipping (Fig. 11).
 
 A text summary is always printed; with matplotlib installed, figures go to --plot_dir.
@@ -172,28 +172,35 @@ def curve(rows, key):
 
 @torch.no_grad()
 def attention_stats(model, x, layer, head):
-    """Every statistic above on the sequences x (num_seqs, T), one sequence at a time: the maps of one
-    sequence are already n_layer x n_head x T x T."""
+    """Every statistic above on the sequences x (num_seqs, T), one sequence and one layer at a time: the maps
+    of one sequence are n_layer x n_head x T x T (9 GB at 30 layers of 9 heads and T = 2048), so each
+    layer's are reduced before the next layer runs."""
     L, nh = model.config.n_layer, model.config.n_head
     n, T = x.shape
+
+    def reduce(m):
+        w = m["weights"].cpu()
+        alpha = None if m["alpha"] is None else m["alpha"][0, :, :, 0].cpu()
+        return dict(first=first_token_mass(w), q=query_mass(w), entropy=attention_entropy(w),
+                    heat=attention_heatmap(w, head, min(30, T)), alpha=alpha)
+
     first, mass, entropy = (torch.zeros(L, nh) for _ in range(3))
     per_query = torch.zeros(n, L, T)  # Fig. 3: each query's mass, averaged over heads as in the paper
     qmin, qmax = torch.full((L,), float("inf")), torch.full((L,), float("-inf"))  # over every query and head
     alpha = torch.zeros(n, L, nh, T)
     heat = 0
     for i, seq in enumerate(x):
-        maps = model.attention_maps(seq[None])
+        maps = model.attention_maps(seq[None], reduce)
         for l, m in enumerate(maps):
-            w = m["weights"].cpu()
-            first[l] += first_token_mass(w) / n
-            q = query_mass(w)
+            first[l] += m["first"] / n
+            q = m["q"]
             mass[l] += q.mean(dim=(0, 2)) / n
             per_query[i, l] = q.mean(dim=1)[0]
             qmin[l], qmax[l] = min(qmin[l], q.min()), max(qmax[l], q.max())
-            entropy[l] += attention_entropy(w) / n
+            entropy[l] += m["entropy"] / n
             if m["alpha"] is not None:
-                alpha[i, l] = m["alpha"][0, :, :, 0].cpu()
-        heat = heat + attention_heatmap(maps[layer]["weights"].cpu(), head, min(30, T)) / n
+                alpha[i, l] = m["alpha"]
+        heat = heat + maps[layer]["heat"] / n
     affine = maps[0]["alpha"] is not None
     heat_of = f"layer {layer % L}, " + ("mean over heads" if head is None else f"head {head}")
     stats = dict(first=first, mass=mass, headwise=headwise_mass(mass), per_query=per_query, qmin=qmin, qmax=qmax,
@@ -233,7 +240,7 @@ def summarize(name, ckpt, config, stats, rows, data_path, early_steps):
     if not rows:
         out.append("no metrics.jsonl next to the checkpoint: no curves")
         return "\n".join(out)
-    for key in ("loss", "val_loss", "logit_mag", "grad_norm"):
+    for key in ("loss", "val_loss", "qk_mag", "grad_norm"):
         iters, values = curve(rows, key)
         if len(values):
             out.append(f"{key:>9}: {values[0]:.4g} (iter {iters[0]}) -> {values[-1]:.4g} (iter {iters[-1]}), "
@@ -347,8 +354,8 @@ def plot(runs, plot_dir):
         save(lines("Fig. 10: the last 2/9 of training (the paper's steps 7k-9k of 9k)", "iteration",
                    LOSS_LABELS[key], late), "train_loss_end.png")
 
-    for key, name, title, ylabel in (("logit_mag", "logit_mag.png", "Fig. 2: attention logits over training",
-                                      "mean |attention logit|"),
+    for key, name, title, ylabel in (("qk_mag", "qk_mag.png", "Fig. 2: |QK^T| over training",
+                                      "mean |QK^T| (visible pairs)"),
                                      ("grad_norm", "grad_norm.png", "Fig. 8: gradient norm over training",
                                       "gradient norm (before clipping)")):
         curves = [(label, curve(rows, key)) for label, _, rows in runs]

@@ -168,8 +168,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None, kv=None, record=None):
         """x: (B, T, C). rope: (cos, sin) of these positions, or None. kv: this layer's KV cache, a dict
-        filled in place (generation). record: a list; if given, the eager path runs and appends this
-        layer's logits, weights, alpha."""
+        filled in place (generation). record: a function; if given, the eager path runs and calls it
+        with this layer's {"logits", "weights", "alpha"}."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.qkv_split, dim=2)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -252,7 +252,7 @@ class CausalSelfAttention(nn.Module):
         else:
             weights = probs
         if record is not None:
-            record.append({"logits": logits, "weights": weights, "alpha": alpha})
+            record({"logits": logits, "weights": weights, "alpha": alpha})
         return weights @ v
 
     def _fused(self, q, k, v, alpha, beta):
@@ -374,8 +374,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None, record=None, return_hidden=False):
         """idx: (B, T) token ids. Returns (logits, loss): logits of every position when targets are
         given, else of the last position only (all that sampling needs), as in nanoGPT.
-        kv_cache: a list of per-layer dicts (see generate). record: a list to which the eager path
-        appends, per layer, {"logits", "weights", "alpha"} (see attention_maps).
+        kv_cache: a list of per-layer dicts (see generate). record: a function that the eager path
+        calls once per layer with {"logits", "weights", "alpha"} (see attention_maps).
         return_hidden: return only the final hidden states (B, T, n_embd), for a loss that applies
         lm_head itself, chunk by chunk (train.py), so that no (B, T, vocab) logits ever exist."""
         B, T = idx.size()
@@ -417,16 +417,19 @@ class GPT(nn.Module):
             a.update_alpha_ma()
 
     @torch.no_grad()
-    def attention_maps(self, idx):
-        """Per layer, from the eager path: the pre-softmax logits (B, nh, T, T; -inf where masked), the
-        attention weights actually applied to V (after Eq. 3 or Eq. 6), and alpha (B, nh, T, 1) or None.
-        Runs in eval mode, so alpha_ma is read, not updated."""
+    def attention_maps(self, idx, reduce=None):
+        """Per layer, from the eager path: the pre-softmax logits QK^T / sqrt(d_k) (B, nh, T, T; -inf where
+        masked), the attention weights actually applied to V (after Eq. 3 or Eq. 6), and alpha (B, nh, T, 1)
+        or None; or, with reduce, what reduce returns for that dict. reduce runs before the next layer
+        does, so with one that keeps no map only one layer's T x T maps exist at a time (train.py's
+        attention statistics); without it every layer's are kept. Runs in eval mode, so alpha_ma is
+        read, not updated."""
         was_training = self.training
         self.eval()
-        record = []
-        self(idx, targets=idx, record=record)  # targets only to get every position through the model
+        out = []
+        self(idx, record=lambda maps: out.append(maps if reduce is None else reduce(maps)), return_hidden=True)
         self.train(was_training)
-        return record
+        return out
 
     def configure_optimizers(self, weight_decay, learning_rate, betas):
         # 2-D weights (matmuls, embeddings) decay; biases, norm gains and the sink logits do not

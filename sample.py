@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common import ConfigError, check_types, get_tokenizer, load_config, load_model
+from common import ConfigError, check_types, cpu_threads, get_tokenizer, load_config, load_model
 
 
 @dataclass
@@ -52,6 +52,7 @@ def sample(cfg):
             raise ConfigError(f"start={start!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
                               f"give a text file") from None
     model, meta, _ = load_model(cfg.init_from, cfg.device)
+    cpu_threads(model, cfg.device)
     encode, decode = get_tokenizer(meta)
     ids = encode(start)
     if not ids:

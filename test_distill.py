@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -146,6 +147,27 @@ def test_a_hugging_face_tokenizer_separates_documents_with_its_eos(teacher_dir):
     eot = ids[0][0]
     assert [seq[0] for seq in ids] == [eot, eot] and eot == get_tokenizer(meta)[0]("<|endoftext|>")[0]
     assert eot not in ids[1][1:]  # the text "<|endoftext|>" inside a document stays text
+
+
+def test_encoding_documents_longer_than_the_model_context_does_not_warn(tmp_path):
+    """A document longer than the tokenizer's model_max_length is normal when preparing data (it is cut
+    into windows later): transformers' "Token indices sequence length is longer than ..." must not show."""
+    from transformers import AutoTokenizer
+    folder = save_bpe(tmp_path / "bpe")
+    tok = AutoTokenizer.from_pretrained(folder, model_max_length=16)
+    tok.save_pretrained(folder)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        encode_batch = common.open_tokenizer(folder)[1]
+        text = "To be, or not to be, that is the question. " * 20
+        assert len(encode_batch([text])[0]) > 16 and records == []
+        AutoTokenizer.from_pretrained(folder)([text])  # the plain call does warn: the handler sees it
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert [r.getMessage()[:70] for r in records] == ["Token indices sequence length is longer than the specified maximum seq"]
 
 
 def test_uint32_data_round_trips_through_training_reads(tmp_path):

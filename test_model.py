@@ -5,6 +5,9 @@ import importlib.util
 import json
 import math
 import os
+import re
+import warnings
+import weakref
 from dataclasses import asdict
 
 import numpy as np
@@ -328,6 +331,23 @@ def test_alpha_ma_does_not_depend_on_the_number_of_ranks(tmp_path):
     for rank in range(2):
         for got, block in zip(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), single.transformer.h):
             torch.testing.assert_close(got, block.attn.alpha_ma, atol=1e-7, rtol=0)
+
+
+def test_a_ddp_run_equals_the_plain_run_and_warns_nothing(tmp_path, monkeypatch):
+    """train.py under DDP (one gloo rank) keeps alpha_ma its own, with no FutureWarning about DDP's
+    settings (torch 2.13 deprecates broadcast_buffers for forward_sync_buffers)."""
+    data = make_char_data(tmp_path / "data")
+    plain = train(tiny(tmp_path, "plain", data, attn="affine", max_iters=4))
+    port = 29500 + os.getpid() % 1000
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ddp = train(tiny(tmp_path, "ddp", data, attn="affine", max_iters=4))
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert ddp["val_loss"] == pytest.approx(plain["val_loss"], abs=1e-6)
+    steps, ddp_steps = read_metrics(plain["out_dir"])[0], read_metrics(ddp["out_dir"])[0]
+    torch.testing.assert_close(torch.tensor([r["alpha_ma"] for r in ddp_steps]), torch.tensor([r["alpha_ma"] for r in steps]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -740,33 +760,98 @@ def test_ce_lowers_the_loss_and_logs_every_key(tmp_path):
     assert result["iter_num"] == 30 and result["val_loss"] == evals[-1]["val_loss"]
     assert [r["iter"] for r in steps] == [0, 5, 10, 15, 20, 25]
     assert set(evals[0]) == {"iter", "train_loss", "val_loss", "val_ppl", "time_s", "eval_s"}
-    stats = {"logit_mag", "alpha", "alpha_ma"}  # every stats_interval iters only
+    stats = {"qk_mag", "alpha", "alpha_ma"}  # every stats_interval iters only
     assert set(steps[1]) == {"iter", "lr", "loss", "ce", "grad_norm", "tokens_per_s", "dt_ms"}
     assert [set(r) == set(steps[1]) | stats for r in steps] == [True, False] * 3
-    assert len(steps[-2]["alpha"]) == len(steps[-2]["alpha_ma"]) == 2 and steps[-2]["logit_mag"] > 0
+    assert len(steps[-2]["alpha"]) == len(steps[-2]["alpha_ma"]) == 2 and steps[-2]["qk_mag"] > 0
     ckpt = torch.load(os.path.join(result["out_dir"], "ckpt.pt"), weights_only=True)
     assert {"model", "optimizer", "model_args", "config", "iter_num", "best_val_loss", "meta", "rng"} <= set(ckpt)
     assert ckpt["iter_num"] == 30 and ckpt["config"]["attn"] == "affine"
 
 
-def test_attention_stats_average_the_visible_logits():
+def test_a_run_prints_each_loss_by_name_its_wall_time_and_where_its_files_went(tmp_path, capsys):
+    result = train(tiny(tmp_path, max_iters=4, eval_interval=2))
+    out, err = capsys.readouterr()
+    steps, evals = read_metrics(result["out_dir"])
+    for e in evals:  # the evaluations are cross-entropies, also when distilling
+        assert f"iter {e['iter']}: train CE {e['train_loss']:.4f}, val CE {e['val_loss']:.4f}, val ppl {e['val_ppl']:.2f}\n" in out
+    assert f"ce={steps[-1]['ce']:.4f}, tok_s=" in err and "kd=" not in err and "loss=" not in err  # the bar
+    assert re.search(r"^4 iters in 0:00:\d\d \(h:mm:ss\), [\d.]+ ms/iter: [\d.]+ train, [\d.]+ eval \(with checkpoints\), "
+                     r"[\d.]+ logging$", out, re.M)
+    run = result["out_dir"]
+    assert out.endswith(f"checkpoints: {run}/ckpt.pt (iter 4), {run}/best.pt (the lowest val CE, {result['best_val_loss']:.4f}); "
+                        f"metrics: {run}/metrics.jsonl\n")
+
+
+def test_small_models_run_on_one_cpu_thread_unless_omp_num_threads_is_set(tmp_path, monkeypatch, capsys):
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        train(tiny(tmp_path, "a", max_iters=1))
+        assert torch.get_num_threads() == 1
+        assert "cpu: one thread for this small model (set OMP_NUM_THREADS to choose)\n" in capsys.readouterr().out
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        train(tiny(tmp_path, "b", max_iters=1))
+        assert torch.get_num_threads() == 2 and "cpu: one thread" not in capsys.readouterr().out
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        with torch.device("meta"):
+            big = GPT(GPTConfig(vocab_size=50304, n_layer=1, n_head=4, n_embd=256))  # 13.7M parameters
+        assert not common.cpu_threads(big, "cpu") and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_attention_stats_equal_the_full_maps_on_the_first_sequences(monkeypatch):
+    """train.attention_stats, one layer at a time on the first STATS_TOKENS tokens, gives what every layer's
+    full maps of those sequences give; qk_mag is the paper's Fig. 2 |QK^T|, not divided by sqrt(d_k)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16, attn="affine"))
-    x = torch.randint(11, (3, 8))
+    model = make_model("affine", n_head=4, n_layer=3, block_size=8)
+    x = torch.randint(37, (5, 8))
+    monkeypatch.setattr(train_module, "STATS_TOKENS", 16)  # 2 sequences of 8
     stats = attention_stats(model, x)
-    maps = model.attention_maps(x)
-    logits = torch.stack([m["logits"] for m in maps])  # (layer, B, head, T, T), -inf above the diagonal
-    assert stats["logit_mag"] == pytest.approx(logits[torch.isfinite(logits)].abs().mean().item(), rel=1e-5)
+    maps = model.attention_maps(x[:2])  # every layer at once, the whole of both sequences
+    logits = torch.stack([m["logits"] for m in maps])  # (layer, 2, head, T, T), -inf above the diagonal
+    qk = logits[torch.isfinite(logits)].abs() * math.sqrt(16 / 4)
+    assert stats["qk_mag"] == pytest.approx(qk.mean().item(), rel=1e-5)
     assert stats["alpha"] == pytest.approx([m["alpha"].mean().item() for m in maps])
-    assert stats["alpha_ma"] == [0.0, 0.0] and model.training  # read in eval mode: nothing updated
+    assert stats["alpha_ma"] == pytest.approx([b.attn.alpha_ma.mean().item() for b in model.transformer.h])
+    assert model.training  # read in eval mode: nothing updated
+    # layer 0's QK^T from its own projections, independently of the eager path
+    a = model.transformer.h[0].attn
+    h = model.transformer.h[0].ln_1(model.transformer.wte(x[:2]) + model.transformer.wpe(torch.arange(8)))
+    q, k, _ = a.c_attn(h).split(16, dim=2)
+    q, k = (t.view(2, 8, 4, 4).transpose(1, 2) for t in (q, k))
+    visible = torch.ones(8, 8, dtype=torch.bool).tril()
+    torch.testing.assert_close(logits[0] * math.sqrt(4), (q @ k.transpose(-2, -1)).masked_fill(~visible, float("-inf")))
+    assert attention_stats(model, x[:1])["qk_mag"] != pytest.approx(stats["qk_mag"])  # it does look at x[1]
 
 
-def test_kd_lowers_the_loss(tmp_path):
+def test_attention_maps_reduce_each_layer_before_the_next():
+    """With reduce, a layer's maps are gone before the next layer runs: one layer's T x T maps at a time."""
+    model = make_model("softmax", n_layer=3).eval()
+    alive = []
+
+    def reduce(maps):
+        alive.append([r() is not None for r in refs])  # the earlier layers' logits, still held by anyone?
+        refs.append(weakref.ref(maps["logits"]))
+        return maps["weights"].sum().item()
+
+    refs = []
+    sums = model.attention_maps(batch()[0], reduce)
+    assert alive == [[], [False], [False, False]]
+    assert sums == pytest.approx([m["weights"].sum().item() for m in model.attention_maps(batch()[0])])
+
+
+def test_kd_lowers_the_loss(tmp_path, capsys):
     data = make_char_data(tmp_path / "data")
     train(tiny(tmp_path, "teacher", data, n_embd=32, max_iters=40))
+    capsys.readouterr()
     result = train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "teacher"), kd_alpha=1.0,
                         kd_temperature=2.0, max_iters=30, log_interval=5))
     steps, _ = read_metrics(result["out_dir"])
+    assert f"kd={steps[-1]['kd']:.4f}, ce={steps[-1]['ce']:.4f}, tok_s=" in capsys.readouterr().err  # the bar names both
     assert steps[-1]["kd"] < 0.5 * steps[0]["kd"]
     assert steps[0]["loss"] == pytest.approx(steps[0]["kd"])  # kd_alpha=1: no cross-entropy in the loss
 
@@ -1042,7 +1127,7 @@ def make_run(tmp_path, attn, vocab=50, T=24):
     with open(out_dir / "metrics.jsonl", "w") as f:
         for i, gn in enumerate(g):
             f.write(json.dumps({"iter": 10 * i, "lr": 1e-3, "loss": 4.0 - 0.01 * i, "grad_norm": gn,
-                                "tokens_per_s": 1000.0, "logit_mag": 2.0 - 0.01 * i}) + "\n")
+                                "tokens_per_s": 1000.0, "qk_mag": 2.0 - 0.01 * i}) + "\n")
         f.write(json.dumps({"iter": 400, "val_loss": 3.5}) + "\n")
     return out_dir / "ckpt.pt"
 
@@ -1071,7 +1156,7 @@ def test_analyze_end_to_end(tmp_path, capsys):
     assert "grad_norm at iters < 500 (40 logged" in summary and "spikes k=6: 5, k=9: 5" in summary
     assert "val_loss: 3.5 (iter 400)" in summary
     pytest.importorskip("matplotlib")
-    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "logit_mag", "grad_norm", "train_loss", "train_loss_end"):
+    for name in ("first_token", "query_mass", "headwise", "entropy", "heatmap", "qk_mag", "grad_norm", "train_loss", "train_loss_end"):
         assert (plot_dir / f"{name}.png").stat().st_size > 0
 
 

@@ -19,20 +19,23 @@ one process at a time trains in an out_dir (out_dir/train.lock holds its pid whi
                             clipping), tokens_per_s and dt_ms (training alone: evaluation and logging left out),
                             and with sampling="epoch" epoch (epochs completed: 0.5 is half the first);
                             loss, ce, kd, soft_ce and dt_ms are means over the iterations since the previous row
-  every stats_interval iters the log row also has logit_mag (the paper's Fig. 2: mean |pre-softmax logit|
-                            over the causally visible entries of every layer and head) and, for the affine
-                            variants, alpha and alpha_ma (per layer, means over heads and tokens)
+  every stats_interval iters the log row also has qk_mag (the paper's Fig. 2: mean |QK^T|, not divided by
+                            sqrt(d_k), over the causally visible entries of every layer and head) and, for
+                            the affine variants, alpha and alpha_ma (per layer, means over heads and tokens),
+                            on the first STATS_TOKENS tokens of the step's last micro-batch
   every eval_interval iters iter, train_loss, val_loss, val_ppl (cross-entropy, also when distilling),
                             time_s (wall seconds from the start to this evaluation), eval_s (its seconds);
   and after the last iter   the same, and the last checkpoint is written
 With always_save_checkpoint=True ckpt.pt is written at every evaluation, else only when the val loss
 improves and after the last iter. The first run of the default dataset prepares it from the embedded corpus.
-At the end it prints where the time went: "X ms/iter: Y train, Z eval, W logging". Ctrl-C or SIGTERM stops
-it with one line naming the checkpoint that is kept.
+At the end it prints the wall time, where it went ("X ms/iter: Y train, Z eval, W logging") and where the
+checkpoints and metrics are. Ctrl-C or SIGTERM stops it with one line naming the checkpoint that is kept.
 """
 
 import contextlib
 import dataclasses
+import datetime
+import inspect
 import json
 import math
 import os
@@ -50,7 +53,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizers,
+from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, cpu_threads,
+                    describe_tokenizers,
                     find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
                     read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
 from model import GPT, GPTConfig
@@ -77,7 +81,7 @@ class TrainConfig:
     eval_interval: int = 2000
     eval_iters: int = 200  # batches per split at each evaluation
     log_interval: int = 10
-    # the attention statistics cost one extra eager forward (T x T maps), so they are measured more rarely
+    # the attention statistics cost one extra eager forward of a few sequences, so they are measured more rarely
     stats_interval: int = 100  # in the first log row at or after every multiple of it
     always_save_checkpoint: bool = True  # False: ckpt.pt only when val loss improves, and at the end (best.pt: when it improves)
     init_from: str = "scratch"  # or "resume" from out_dir/ckpt.pt
@@ -373,16 +377,32 @@ def estimate_loss(model, cfg, data_dir, device, ctx):
     return out
 
 
+# the attention statistics look at the first sequences of a micro-batch, this many tokens (at least one sequence)
+STATS_TOKENS = 2048
+
+
 @torch.no_grad()
 def attention_stats(model, x):
-    """The paper's Fig. 2 quantity and, for the affine variants, alpha and alpha_ma per layer."""
-    maps = model.attention_maps(x)  # eval mode: alpha_ma is read, not updated
+    """The paper's Fig. 2 quantity, qk_mag: the mean |QK^T| (not divided by sqrt(d_k)) over every layer, head
+    and causally visible query-key pair; and, for the affine variants, alpha (per layer, the mean over heads
+    and tokens) and alpha_ma (per layer, the mean over heads). On the first sequences of x, at most
+    STATS_TOKENS tokens, one layer at a time: each layer's T x T maps are reduced to these numbers before
+    the next layer runs, so the cost is one layer's maps of a few sequences, whatever the batch and depth."""
+    x = x[:max(1, STATS_TOKENS // x.size(1))]
     T = x.size(1)
-    visible = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    # every layer has the same number of visible entries, so the mean of the layers' means is the mean
-    stats = {"logit_mag": torch.stack([m["logits"][..., visible].float().abs().mean() for m in maps]).mean().item()}
-    if maps[0]["alpha"] is not None:
-        stats["alpha"] = [m["alpha"].float().mean().item() for m in maps]
+    masked = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)  # keys a query does not see
+    sqrt_d = math.sqrt(model.config.n_embd // model.config.n_head)
+
+    def reduce(maps):
+        qk = maps["logits"].masked_fill(masked, 0.0).abs().sum(dtype=torch.float32) * sqrt_d
+        alpha = maps["alpha"].float().mean() if maps["alpha"] is not None else qk.new_zeros(())
+        return torch.stack([qk, alpha])
+
+    per_layer = torch.stack(model.attention_maps(x, reduce)).tolist()  # one sync for all layers
+    pairs = len(per_layer) * x.size(0) * model.config.n_head * T * (T + 1) / 2  # visible (query, key) pairs
+    stats = {"qk_mag": sum(qk for qk, _ in per_layer) / pairs}
+    if model.transformer.h[0].attn.affine:
+        stats["alpha"] = [alpha for _, alpha in per_layer]
         stats["alpha_ma"] = [block.attn.alpha_ma.float().mean().item() for block in model.transformer.h]
     return stats
 
@@ -477,6 +497,7 @@ def _train(cfg, device, ddp, cleanup):
     else:
         model = GPT(cfg.gpt_config(vocab_size))
     model.to(device)
+    one_thread = cpu_threads(model, device)
     teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile) if cfg.loss == "kd" else None
 
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
@@ -500,9 +521,12 @@ def _train(cfg, device, ddp, cleanup):
     compiled = torch.compile(model) if cfg.compile else model
     # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
     # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
-    # buffers, which is off: it would overwrite the other ranks' gathered means of alpha.
+    # buffers before every forward, which is off: it would overwrite the other ranks' gathered means of alpha.
+    # torch 2.13 calls that setting forward_sync_buffers (and warns about broadcast_buffers, its old name,
+    # which also skipped the sync at set-up, where every rank's buffers are equal anyway).
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
     runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
-                 broadcast_buffers=False) if ddp else compiled
+                 **{no_sync: False}) if ddp else compiled
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
@@ -519,6 +543,8 @@ def _train(cfg, device, ddp, cleanup):
         os.replace(metrics_path + ".tmp", metrics_path)
         print(f"{model.get_num_params() / 1e6:.2f}M parameters, {accum * world * cfg.batch_size * cfg.block_size:,} "
               f"tokens per iteration ({accum} micro-steps x {world} ranks x {cfg.batch_size} x {cfg.block_size})")
+        if one_thread:
+            print("cpu: one thread for this small model (set OMP_NUM_THREADS to choose)")
 
     def log(row):
         if master:
@@ -571,7 +597,7 @@ def _train(cfg, device, ddp, cleanup):
             log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
                  "time_s": t_eval - t_start, "eval_s": time.time() - t_eval})
             if master:
-                pbar.write(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, val ppl {ppl:.2f}")
+                pbar.write(f"iter {iter_num}: train CE {losses['train']:.4f}, val CE {losses['val']:.4f}, val ppl {ppl:.2f}")
             best = losses["val"] < best_val_loss
             best_val_loss = min(best_val_loss, losses["val"])
             if best or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
@@ -628,7 +654,10 @@ def _train(cfg, device, ddp, cleanup):
                 with ctx:
                     row.update(attention_stats(model, x))
             log(row)
-            pbar.set_postfix(loss=f"{mean[0]:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False)
+            # each loss by its name: when distilling, the loss minimised is (mostly) kd, and ce is what evaluations print
+            shown = {"kd": f"{mean[2]:.4f}"} if teacher is not None else {}
+            shown.update(ce=f"{mean[1]:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+            pbar.set_postfix(shown, refresh=False)  # a dict keeps this order (keywords would be sorted)
             pending.clear()
             spent["log"] += time.time() - t_log
             t_row, spent_at_row = time.time(), sum(spent.values())
@@ -638,7 +667,10 @@ def _train(cfg, device, ddp, cleanup):
     elapsed = time.time() - t_start
     if master and iter_num > start_iter:
         total, ev, lg = (1e3 * t / (iter_num - start_iter) for t in (elapsed, spent["eval"], spent["log"]))
-        print(f"{total:.1f} ms/iter: {total - ev - lg:.1f} train, {ev:.1f} eval (with checkpoints), {lg:.1f} logging")
+        print(f"{iter_num - start_iter} iters in {datetime.timedelta(seconds=round(elapsed))} (h:mm:ss), {total:.1f} ms/iter: "
+              f"{total - ev - lg:.1f} train, {ev:.1f} eval (with checkpoints), {lg:.1f} logging")
+        best_kept = f", {best_path} (the lowest val CE, {best_val_loss:.4f})" if os.path.exists(best_path) else ""
+        print(f"checkpoints: {ckpt_path} (iter {saved_iter}){best_kept}; metrics: {metrics_path}")
     return {"iter_num": iter_num, **last_eval, "best_val_loss": best_val_loss,
             "elapsed_s": elapsed, **{f"{k}_s": v for k, v in spent.items()}, "out_dir": cfg.out_dir}
 
