@@ -1208,9 +1208,9 @@ def test_runs_are_named_in_words():
 
 
 def test_every_figure_names_its_paper_figure_in_words_with_one_colour_scale(tmp_path, monkeypatch):
-    matplotlib = pytest.importorskip("matplotlib")
+    Figure = pytest.importorskip("matplotlib.figure").Figure
     figures = {}
-    savefig = matplotlib.figure.Figure.savefig
+    savefig = Figure.savefig
 
     def record(fig, path, **kw):
         axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
@@ -1221,11 +1221,11 @@ def test_every_figure_names_its_paper_figure_in_words_with_one_colour_scale(tmp_
             clims={im.get_clim() for ax in axes for im in ax.get_images()})
         savefig(fig, path, **kw)
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    monkeypatch.setattr(Figure, "savefig", record)
     ckpts = [make_run(tmp_path, attn) for attn in ("softmax", "sink", "affine")]
     analyze.main([a for path in ckpts for a in ("--ckpt", str(path))] +
                  ["--data_dir", str(tmp_path / "tiny"), "--num_seqs", "3", "--plot_dir", str(tmp_path / "figs")])
-    numbers = {"logit_mag.png": 2, "query_mass.png": 3, "first_token.png": 4, "headwise.png": 5, "entropy.png": 6,
+    numbers = {"qk_mag.png": 2, "query_mass.png": 3, "first_token.png": 4, "headwise.png": 5, "entropy.png": 6,
                "train_loss.png": 7, "grad_norm.png": 8, "heatmap.png": 9, "train_loss_end.png": 10, "phi.png": 11}
     assert {name: int(f["title"].split(":")[0].removeprefix("Fig. ")) for name, f in figures.items()} == numbers
     assert all(f["kw"].get("bbox_inches") == "tight" for f in figures.values())  # nothing cut off at the edges
