@@ -337,11 +337,14 @@ def train(cfg):
         if device.startswith("cuda"):
             device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        own_group = not dist.is_initialized()  # a caller's process group (several runs in one launch) is used as it is
+        if own_group:
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         try:
             return _train(cfg, device, ddp)
         finally:
-            dist.destroy_process_group()
+            if own_group:
+                dist.destroy_process_group()
 
 
 def _train(cfg, device, ddp):
