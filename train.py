@@ -121,14 +121,13 @@ class TrainConfig:
     min_lr: float = 6e-5
     # system
     device: str = "cuda" if torch.cuda.is_available() else "cpu"  # cpu, cuda, cuda:N or mps
-    dtype: str = "bfloat16"  # autocast dtype on CUDA, "float32" for none; CPU and MPS always run float32
+    dtype: str = "bfloat16"  # autocast dtype on CUDA (FSDP: its compute dtype), "float32" for none; CPU and MPS always run float32
     compile: bool = False
     # beyond one GPU (docs/distributed.md; `python parallel.py` prints the memory per GPU of the paper's configs).
     # Under torchrun the default is DDP: every GPU holds the whole student, its gradients and AdamW state.
     fsdp: bool = False  # True: shard them over the ranks (FSDP2), for a student that DDP cannot fit (the 3B run)
     teacher_fsdp: bool = False  # True: shard the frozen teacher over the ranks too (the 8B teacher of the 3B run)
-    activation_checkpointing: bool = False  # True: recompute each Block's activations in the backward, ~1/3 more
-    # compute for a fraction of the activation memory (2048-token sequences at 1B / 3B, or a bigger batch_size)
+    activation_checkpointing: bool = False  # True: recompute each Block's activations in the backward (~1/3 more compute, ~1/10 the activations)
 
     def __post_init__(self):
         check_types(self)
