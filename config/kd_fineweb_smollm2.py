@@ -7,7 +7,9 @@
 #       --num_tokens=1_100_000_000
 #   python train.py config/kd_fineweb_smollm2.py
 # About 2.2 GFLOP per token (student and teacher): 2-4 hours on one H100 (an estimate, not a measurement);
-# ~25 GB of GPU memory at batch_size=16 (estimate); on a 24 GB GPU batch_size=8, gradient_accumulation_steps=16.
+# ~38 GB of GPU memory at batch_size=16, 30 GB of it activations (`python parallel.py`, estimates); on a 24 GB
+# GPU --activation_checkpointing=True (about 10 GB) or batch_size=8, gradient_accumulation_steps=16. Sharding
+# (FSDP) does not help a model this small: its weights and AdamW state are 2 GB.
 # --attn=softmax gives the baseline to compare with.
 out_dir = "out-kd-fineweb-smollm2"
 data_dir = "data/fineweb_edu_smollm2"
