@@ -215,7 +215,7 @@ def memory_table(n_gpus=8, repo=os.path.dirname(os.path.abspath(__file__))):
     for path in CONFIGS:
         cfg = load_config([os.path.join(repo, path)], TrainConfig)
         shape, vocab = TEACHERS[cfg.teacher]
-        for how, sharded, ckpt in (("DDP", False, False), ("FSDP", True, False), ("FSDP + act. ckpt", True, True)):
+        for how, sharded, ckpt in (("DDP", False, False), ("FSDP", True, False), ("FSDP, act. ckpt", True, True)):
             mem = memory_per_gpu(cfg, vocab, shape, n_gpus, sharded, ckpt)
             name = f"{os.path.basename(path)} ({cfg.batch_size})" if how == "DDP" else ""
             lines.append(f"| {name} | {how} | " + " | ".join(f"{mem[c]:.1f}" for c in cols) + " |")
