@@ -243,6 +243,23 @@ def test_fsdp_without_torchrun_says_so_and_trains_unsharded(tmp_path, capsys):
         TrainConfig(teacher_fsdp=True)
 
 
+def test_a_checkpoint_with_positional_optimizer_state_still_resumes(tmp_path):
+    """Checkpoints written before the optimizer state was keyed by names hold torch's own format (0, 1, ...)."""
+    data = make_char_data(tmp_path / "data")
+    train(tiny(tmp_path, "whole", data=data, max_iters=4, eval_interval=2))
+    train(tiny(tmp_path, "old", data=data, max_iters=2, eval_interval=2))
+    path = tmp_path / "old" / "ckpt.pt"
+    ckpt = read_checkpoint(str(path))
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95))
+    parallel.load_optimizer_state(model, optimizer, ckpt["optimizer"])
+    ckpt["optimizer"] = optimizer.state_dict()
+    assert list(ckpt["optimizer"]["state"])[:2] == [0, 1]
+    torch.save(ckpt, path)
+    train(tiny(tmp_path, "old", data=data, max_iters=4, eval_interval=2, init_from="resume"))
+    assert losses(str(tmp_path / "old")) == losses(str(tmp_path / "whole"))
+
+
 def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
     """With dropout and 2 micro-steps: the same losses, weights and alpha_ma (the recomputed forward does
     not count its alpha twice in Eq. 9), and autograd keeps only each Block's input."""
