@@ -88,6 +88,9 @@ def checkpoint_blocks(model):
     backward runs the Block's forward again (same dropout masks) to get the rest: activations shrink from
     about 30 n_embd values per token and layer to 1 (see activation_bytes), for about a third more compute.
     Applied before sharding, under FSDP the gathered parameters serve the recomputation too."""
+    # torch.compile traces a checkpointed Block whose forward updates buffers (affine's alpha accumulators)
+    # only if the recomputation does not replay that update, which is what Eq. 9 needs too
+    torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
     for block in decoder_layers(model):
         block.forward = functools.partial(_checkpointed, block, block.forward)
 
@@ -95,6 +98,8 @@ def checkpoint_blocks(model):
 def _checkpointed(block, forward, x, rope=None, kv=None, record=None):
     if not torch.is_grad_enabled() or kv is not None or record is not None:  # generation, attention maps
         return forward(x, rope, kv, record)
+    if torch.compiler.is_compiling():  # compiled, the recomputation does not replay the buffer updates
+        return checkpoint(forward, x, rope, use_reentrant=False)
     return checkpoint(forward, x, rope, use_reentrant=False,
                       context_fn=lambda: (nullcontext(), alpha_sums_kept(block.attn)))
 

@@ -143,6 +143,8 @@ def launched(tmp_path_factory):
         {"settings": settings("affine", attn="affine", activation_checkpointing=True), "lockstep": True},
         {"settings": settings("kd_ours", **kd_ours)},
         {"settings": settings("kd_ours_sharded", **kd_ours, teacher_fsdp=True)},
+        {"settings": settings("kd_ddp", **kd_ours, fsdp=False)},
+        {"settings": settings("kd_ddp_sharded", **kd_ours, fsdp=False, teacher_fsdp=True)},
         {"settings": settings("kd_hf", **kd_hf)},
         {"settings": settings("kd_hf_sharded", **kd_hf, teacher_fsdp=True)},
         {"settings": settings("uninterrupted", **resume, max_iters=6)},
@@ -186,8 +188,9 @@ def test_fsdp_equals_one_process_on_the_same_global_batch(launched, attn, monkey
         assert ref_alpha[0].abs().min() > 0.01  # it moved
 
 
-@pytest.mark.parametrize("teacher", ["ours", "hf"])
+@pytest.mark.parametrize("teacher", ["ours", "hf", "ddp"])
 def test_kd_with_a_sharded_teacher_equals_a_replicated_one(launched, teacher):
+    """Under FSDP, a teacher of ours and a Hugging Face one; and ours under DDP (teacher_fsdp without fsdp)."""
     tmp, _ = launched
     for key in ("loss", "kd", "ce"):
         a, b = losses(str(tmp / f"kd_{teacher}"), key), losses(str(tmp / f"kd_{teacher}_sharded"), key)
