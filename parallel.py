@@ -24,6 +24,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
+from common import ConfigError
 from model import GPT, GPTConfig
 
 # every rank gets the whole state, on the CPU (other ranks get {} where only rank 0 writes)
@@ -71,8 +72,8 @@ def prepare_teacher(teacher, sharded, mp_policy, compile):
 
 @contextmanager
 def root_gathered(model):
-    """The root's parameters (embeddings, final norm, lm_head) gathered while the block runs, for code that
-    calls parts of the model outside its forward (the attention statistics); each Block gathers its own."""
+    """The root's parameters (embeddings, final norm, lm_head) gathered inside the with statement, for code
+    that calls parts of the model outside its forward (the attention statistics); each Block gathers its own."""
     if not isinstance(model, FSDPModule):
         yield
         return
@@ -133,10 +134,13 @@ def load_optimizer_state(model, optimizer, state):
     """Loads full_state's optimizer state into optimizer, which holds model's parameters, sharded or not.
     A checkpoint written before the states were keyed by names has positions 0, 1, ...: those load into
     the same unsharded model only."""
-    if all(isinstance(k, int) for k in state["state"]) and not isinstance(model, FSDPModule):
-        optimizer.load_state_dict(state)
-    else:
+    if not isinstance(state["param_groups"][0]["params"][0], int):
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    elif isinstance(model, FSDPModule):
+        raise ConfigError("the checkpoint's AdamW state is keyed by position (written before they were keyed by "
+                          "parameter names), which FSDP cannot map to its shards; resume it without fsdp")
+    else:
+        optimizer.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------------------------------
