@@ -45,11 +45,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+import parallel
 from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, describe_tokenizer,
                     find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
                     read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
 from model import GPT, GPTConfig
-import parallel
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
                 "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn", "fused", "phi",
