@@ -232,6 +232,8 @@ def memory_table(n_gpus=8, repo=os.path.dirname(os.path.abspath(__file__))):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 or (len(sys.argv) == 2 and not sys.argv[1].isdigit()) or sys.argv[1:] == ["0"]:
+        sys.exit(f"usage: python parallel.py [number of GPUs, default 8]; got {' '.join(sys.argv[1:])!r}")
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     print(f"Estimated memory per GPU in GB (1e9 bytes) on {n} GPUs, training in bf16 (parallel.memory_per_gpu):")
     print(memory_table(n))

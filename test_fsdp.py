@@ -34,7 +34,7 @@ def lockstep(real_get_batch, rank, world):
     shared = torch.Generator().manual_seed(0)
 
     def get_batch(data_dir, split, batch_size, block_size, generator, device, meta=None):
-        if sys._getframe(1).f_code.co_name != "_train":
+        if sys._getframe(1).f_code.co_name == "estimate_loss":
             return real_get_batch(data_dir, split, batch_size, block_size, generator, device, meta)
         batches = [real_get_batch(data_dir, split, batch_size, block_size, shared, device, meta) for _ in range(world)]
         return batches[rank]
