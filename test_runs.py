@@ -414,8 +414,8 @@ def test_a_binary_prompt_file_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("script, lines", [
     ("train.py", ["usage: python train.py [config_file.py ...] [--key=value ...]", "AdamW",
-                  "  --grad_clip=1.0                  0 turns clipping off",
-                  "  --overwrite=False                True: a fresh run replaces the run already in out_dir"]),
+                  "  --grad_clip=1.0                   0 turns clipping off",
+                  "  --overwrite=False                 True: a fresh run replaces the run already in out_dir"]),
     ("sample.py", ["  --temperature=0.8     < 1 sharpens the distribution, > 1 flattens it"]),
     ("compare.py", ["\ntrain.py arguments of the teacher and of the students: a config file, maybe followed by --key=value\n"
                     "overrides, as on train.py's command line.", "  --seeds='1,2'  ", "  comma-separated\n"]),
@@ -438,7 +438,7 @@ def test_help_lists_every_setting_with_its_comment():
     help_text = common.settings_help(TrainConfig)
     for name in (f.name for f in __import__("dataclasses").fields(TrainConfig)):
         assert f"  --{name}=" in help_text
-    assert "  --dtype='bfloat16'               autocast dtype on CUDA" in help_text
+    assert "  --dtype='bfloat16'                autocast dtype on CUDA" in help_text
     assert "\nlearning-rate schedule, both after a linear warmup\n  --lr_schedule='cosine'" in help_text
     assert "check_types" not in help_text and "must be" not in help_text  # nothing of __post_init__
 

@@ -53,6 +53,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+import parallel
 from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, cpu_threads,
                     describe_tokenizers,
                     find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
@@ -137,8 +138,13 @@ class TrainConfig:
     min_lr: float = 6e-5
     # system
     device: str = "cuda" if torch.cuda.is_available() else "cpu"  # cpu, cuda, cuda:N or mps
-    dtype: str = "bfloat16"  # autocast dtype on CUDA, "float32" for none; CPU and MPS always run float32
+    dtype: str = "bfloat16"  # autocast dtype on CUDA (FSDP: its compute dtype), "float32" for none; CPU and MPS always run float32
     compile: bool = False
+    # beyond one GPU (docs/distributed.md; `python parallel.py` prints the memory per GPU of the paper's configs).
+    # Under torchrun the default is DDP: every GPU holds the whole student, its gradients and AdamW state.
+    fsdp: bool = False  # True: shard them over the ranks (FSDP2), for a student that DDP cannot fit (the 3B run)
+    teacher_fsdp: bool = False  # True: shard the frozen teacher over the ranks too (the 8B teacher of the 3B run)
+    activation_checkpointing: bool = False  # True: recompute each Block's activations in the backward (~1/3 more compute, ~1/10 the activations)
 
     def __post_init__(self):
         check_types(self)
@@ -174,6 +180,8 @@ class TrainConfig:
             raise ConfigError(f"kd_alpha={self.kd_alpha} must be in [0, 1]")
         if self.kd_temperature <= 0:
             raise ConfigError(f"kd_temperature={self.kd_temperature} must be positive")
+        if self.teacher_fsdp and self.loss != "kd":
+            raise ConfigError("teacher_fsdp=True shards the teacher, but loss='ce' has none; set loss='kd' and a teacher")
         if not 0.0 < self.decay_frac <= 1.0:
             raise ConfigError(f"decay_frac={self.decay_frac} must be in (0, 1]")
         self.gpt_config(vocab_size=1)  # the model fields, checked by GPTConfig now rather than after loading data
@@ -420,13 +428,16 @@ def rng_states(sampler, device_type, ddp):
 
 
 def train(cfg):
-    """Train as cfg says. Under torchrun (RANK in the environment) this is one rank of a DDP run.
+    """Train as cfg says. Under torchrun (RANK in the environment) this is one rank of a DDP run, or of an
+    FSDP run with fsdp=True (parallel.py).
     Returns {"iter_num", "train_loss", "val_loss", "best_val_loss", "elapsed_s", "out_dir"}; the losses
     are the last evaluation's (None if none ran). Raises ConfigError before training starts when the
     settings, data or teacher do not fit, NonFiniteLoss if the loss stops being finite and CheckpointError
     if a checkpoint cannot be written."""
     ddp = int(os.environ.get("RANK", -1)) != -1
     check_device(cfg.device)
+    if not ddp and (cfg.fsdp or cfg.teacher_fsdp):
+        print("fsdp=True / teacher_fsdp=True shard over torchrun's ranks; this is one process, so nothing is sharded")
     # rank 0 holds out_dir (if it cannot, it stops, and torchrun ends the other ranks)
     master = int(os.environ.get("RANK", 0)) == 0
     # cleanup closes the progress bar on any error, before the error is printed
@@ -438,11 +449,14 @@ def train(cfg):
         if device.startswith("cuda"):
             device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        own_group = not dist.is_initialized()  # a caller's process group (several runs in one launch) is used as it is
+        if own_group:
+            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
         try:
             return _train(cfg, device, ddp, cleanup)
         finally:
-            dist.destroy_process_group()
+            if own_group:
+                dist.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -477,7 +491,10 @@ def _train(cfg, device, ddp, cleanup):
     vocab = vocab_of(meta)  # the tokenizer's
     vocab_size = meta["vocab_size"] if meta is not None else 50304  # the model's: GPT-2's padded, as in nanoGPT
 
-    torch.manual_seed(cfg.seed + rank)  # different dropout on every rank; DDP copies rank 0's initial weights
+    fsdp = ddp and cfg.fsdp
+    # the same initial weights on every rank: FSDP shards each rank's own, it does not broadcast rank 0's as
+    # DDP does (test_fsdp checks that the ranks start equal)
+    torch.manual_seed(cfg.seed)
     if cfg.sampling == "epoch":  # one shuffled order for all ranks, each rank its part
         sampler = EpochSampler(len(read_tokens(data_dir, "train", meta)), cfg.block_size, cfg.seed, rank, world)
     else:
@@ -496,13 +513,26 @@ def _train(cfg, device, ddp, cleanup):
         model.load_state_dict(ckpt["model"])
     else:
         model = GPT(cfg.gpt_config(vocab_size))
+    if ddp:
+        torch.manual_seed(cfg.seed + rank)  # a different dropout stream on every rank
+    if cfg.activation_checkpointing:
+        parallel.checkpoint_blocks(model)
     model.to(device)
     one_thread = cpu_threads(model, device)
-    teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile) if cfg.loss == "kd" else None
+    mp_policy = parallel.mixed_precision(device, cfg.dtype)
+    if fsdp:
+        parallel.shard(model, mp_policy)
+    teacher = None
+    if cfg.loss == "kd":
+        shard_teacher = ddp and cfg.teacher_fsdp
+        teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile and not shard_teacher)
+        if shard_teacher or fsdp:
+            teacher = parallel.prepare_teacher(teacher, shard_teacher, mp_policy, cfg.compile)
 
+    # after sharding: FSDP's optimizer holds the shards
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
     if cfg.init_from == "resume":
-        optimizer.load_state_dict(ckpt["optimizer"])
+        parallel.load_optimizer_state(model, optimizer, ckpt["optimizer"])
         rng = ckpt["rng"][rank]
         sampler.set_state(rng["sampler"])
         torch.set_rng_state(rng["torch"])
@@ -517,7 +547,8 @@ def _train(cfg, device, ddp, cleanup):
     use_bf16 = device_type == "cuda" and cfg.dtype == "bfloat16"
     if use_bf16 and not torch.cuda.is_bf16_supported():
         raise ConfigError("dtype='bfloat16' but this GPU has no bfloat16; allowed here: float32")
-    ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    # under FSDP its mixed precision policy casts instead (parallel.mixed_precision)
+    ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 and not fsdp else nullcontext()
     compiled = torch.compile(model) if cfg.compile else model
     # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
     # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
@@ -526,7 +557,7 @@ def _train(cfg, device, ddp, cleanup):
     # which also skipped the sync at set-up, where every rank's buffers are equal anyway).
     no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
     runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
-                 **{no_sync: False}) if ddp else compiled
+                 **{no_sync: False}) if ddp and not fsdp else compiled
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if master:
@@ -586,7 +617,8 @@ def _train(cfg, device, ddp, cleanup):
             # never save a checkpoint after a non-finite loss
             pending_values = [(it, v) for (it, _), v in zip(pending, check_pending())] if pending else []
             t_eval = time.time()
-            losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master else None]
+            # under FSDP every rank takes part in every forward (the gathers are collective): all evaluate
+            losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master or fsdp else None]
             if ddp:
                 dist.broadcast_object_list(losses, src=0)  # every rank takes the same decisions below
             losses = losses[0]
@@ -602,9 +634,10 @@ def _train(cfg, device, ddp, cleanup):
             best_val_loss = min(best_val_loss, losses["val"])
             if best or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
                 rng = rng_states(sampler, device_type, ddp)
+                model_state, optimizer_state = parallel.full_state(model, optimizer)  # under FSDP: on rank 0
                 if master:
                     # val_loss is these weights' own; best_val_loss the run's lowest so far, for a resume
-                    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    ckpt = {"model": model_state, "optimizer": optimizer_state,
                             "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
                             "iter_num": iter_num, "val_loss": losses["val"], "best_val_loss": best_val_loss,
                             "meta": meta, "rng": rng, "pending": pending_values}
@@ -624,13 +657,16 @@ def _train(cfg, device, ddp, cleanup):
         total = torch.zeros(4, device=device)
         for micro_step in range(accum):
             x, y = get_batch(data_dir, "train", cfg.batch_size, cfg.block_size, sampler, device, meta)
-            if ddp:
-                runner.require_backward_grad_sync = micro_step == accum - 1  # all-reduce on the last only
+            # DDP all-reduces on the last micro-step only. FSDP reduce-scatters after every micro-step (its
+            # default): skipping that would keep an unsharded fp32 gradient of the whole model on every rank
+            # (4 B/param, 13 GB at 3B), and the reduce-scatter overlaps with the backward of the next layers.
+            if ddp and not fsdp:
+                runner.require_backward_grad_sync = micro_step == accum - 1
             with ctx:
                 loss, ce, kd, soft_ce = forward_loss(runner, teacher, x, y, cfg, vocab)
             (loss / accum).backward()  # the iteration's loss: the mean of its micro-steps' (see forward_loss)
             total += torch.stack([loss, ce, kd, soft_ce]).detach().float() / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         model.update_alpha_ma(ddp)
@@ -650,8 +686,8 @@ def _train(cfg, device, ddp, cleanup):
                 row["epoch"] = sampler.epochs_done()
             row.update(grad_norm=grad_norm.item(), dt_ms=1e3 * train_s / len(values),
                        tokens_per_s=len(values) * accum * world * cfg.batch_size * cfg.block_size / train_s)
-            if master and iter_num % cfg.stats_interval < cfg.log_interval:
-                with ctx:
+            if (master or fsdp) and iter_num % cfg.stats_interval < cfg.log_interval:  # FSDP: a forward on all ranks
+                with ctx, parallel.root_gathered(model):
                     row.update(attention_stats(model, x))
             log(row)
             # each loss by its name: when distilling, the loss minimised is (mostly) kd, and ce is what evaluations print

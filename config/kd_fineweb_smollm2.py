@@ -7,7 +7,9 @@
 #       --num_tokens=1_100_000_000
 #   python train.py config/kd_fineweb_smollm2.py
 # About 2.2 GFLOP per token (student and teacher): 2-4 hours on one H100 (an estimate, not a measurement);
-# ~25 GB of GPU memory at batch_size=16 (estimate); on a 24 GB GPU batch_size=8, gradient_accumulation_steps=16.
+# ~38 GB of GPU memory at batch_size=16, 30 GB of it activations (`python parallel.py`, estimates); on a 24 GB
+# GPU --activation_checkpointing=True (about 10 GB) or batch_size=8, gradient_accumulation_steps=16. Sharding
+# (FSDP) does not help a model this small: its weights and AdamW state are 2 GB.
 # Measure before renting a GPU: two training steps on a CPU at the real shapes and batch_size=1, with a small
 # prepare of the same data. "Maximum resident set size" is the peak memory (float32 on a CPU; a measured 7.3 GB),
 # the "ms/iter: ... train" line at the end the time per step (about 28 s on 2 cores):

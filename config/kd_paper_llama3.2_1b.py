@@ -8,9 +8,11 @@
 #   python data/fineweb_edu/prepare.py --tokenizer=meta-llama/Llama-3.2-3B --out_dir=data/fineweb_edu_llama3 \
 #       --config=sample-100BT --num_tokens=18_875_368_001
 #   torchrun --standalone --nproc_per_node=8 train.py config/kd_paper_llama3.2_1b.py
-# One 80 GB GPU holds it (estimates: student weights, grads and AdamW 16 B x 1.24B = 20 GB, teacher bf16 6.4 GB,
-# activations ~2.3 GB per sequence at batch_size=4); what it lacks is time: ~14 GFLOP per token, so about
-# 8 days on one H100 at 40% MFU, one day on 8. Keep batch_size x gradient_accumulation_steps = 1024.
+# An 80 GB GPU holds it under DDP (about 51 GB per GPU at batch_size=4: student weights, gradients and AdamW
+# 20 B x 1.24B with DDP's buckets, teacher bf16 6.4 GB, activations 17 GB; `python parallel.py`, estimates);
+# on 40 GB GPUs add --fsdp=True --teacher_fsdp=True (about 26 GB) or --activation_checkpointing=True.
+# What it lacks is time: ~14 GFLOP per token, so about 8 days on one H100 at 40% MFU, one day on 8.
+# Keep batch_size x gradient_accumulation_steps = 1024.
 import model
 
 out_dir = "out-kd-paper-llama3.2-1b"

@@ -11,11 +11,11 @@
 # (train.py compares tokenizers by their vocabulary, not their name: if it accepts data_dir =
 # "data/fineweb_edu_llama3" of the 1B run, that data serves here too.)
 #   torchrun --standalone --nproc_per_node=8 train.py config/kd_paper_llama3.2_3b.py
-# An 80 GB GPU cannot hold it: student weights, grads and AdamW 16 B x 3.2B = 51 GB, the teacher in bf16 16 GB,
-# activations ~6 GB per sequence (estimates), and DDP keeps all of it on every GPU; train.py shards nothing
-# (no FSDP / ZeRO). It fits a 141 GB H200 or a 192 GB B200 at batch_size=1. On 80 GB GPUs a user would shard
-# the AdamW state (torch.distributed.optim.ZeroRedundancyOptimizer over 8 ranks: 51 -> 29 GB per GPU) or
-# distil from the 3B teacher instead. ~35 GFLOP per token: about 2.5 days on 8 H100-class GPUs at 40% MFU.
+# FSDP is what makes it fit 80 GB GPUs: under DDP every GPU would hold the student's weights, gradients (with
+# DDP's buckets) and AdamW state, 20 B x 3.2B = 64 GB, the 16 GB bf16 teacher and 13 GB of activations and
+# logits, 93 GB at batch_size=1; sharded over 8 GPUs (fsdp and teacher_fsdp below) it is about 25 GB per GPU
+# (`python parallel.py`, estimates; docs/distributed.md). One 141 GB H200 holds it unsharded (one process
+# ignores fsdp). ~35 GFLOP per token: about 2.5 days on 8 H100-class GPUs at 40% MFU.
 import model
 
 out_dir = "out-kd-paper-llama3.2-3b"
@@ -41,3 +41,4 @@ lr_schedule, warmup_iters, decay_frac = "wsd", 100, 0.2  # decay_frac: the paper
 max_iters = 9000
 eval_interval, eval_iters, log_interval = 500, 20, 10
 device, dtype, compile = "cuda", "bfloat16", True
+fsdp, teacher_fsdp = True, True  # shard student and teacher over the ranks (FSDP2); --activation_checkpointing=True for a bigger batch_size

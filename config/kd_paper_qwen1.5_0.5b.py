@@ -8,8 +8,9 @@
 #   python data/fineweb_edu/prepare.py --tokenizer=Qwen/Qwen1.5-1.8B --out_dir=data/fineweb_edu_qwen1.5 \
 #       --config=sample-100BT --num_tokens=18_875_368_001
 #   torchrun --standalone --nproc_per_node=8 train.py config/kd_paper_qwen1.5_0.5b.py
-# One 80 GB GPU holds it (estimates: student weights, grads and AdamW 16 B x 0.62B = 10 GB, teacher bf16 3.7 GB,
-# activations ~1.7 GB per sequence at batch_size=8); what it lacks is time: ~7 GFLOP per token, so about
+# One 80 GB GPU holds it under DDP (about 43 GB per GPU at batch_size=8, most of it activations; `python
+# parallel.py`, estimates); on 40 GB GPUs add --activation_checkpointing=True (about 22 GB; sharding with
+# --fsdp=True alone saves only 12 GB). What it lacks is time: ~7 GFLOP per token, so about
 # 4 days on one H100 at 40% MFU, half a day on 8. With fewer GPUs keep batch_size x gradient_accumulation_steps
 # = 1024; to finish sooner lower max_iters (the schedule follows) and say so.
 import model
