@@ -263,6 +263,24 @@ def test_a_checkpoint_with_positional_optimizer_state_still_resumes(tmp_path):
     assert losses(str(tmp_path / "old")) == losses(str(tmp_path / "whole"))
 
 
+def test_a_checkpoint_before_the_first_step_leaves_adamw_at_step_one(tmp_path):
+    """The checkpoint of iter 0 is written before any optimizer step. get_optimizer_state_dict initialises an
+    empty optimizer by a step of zero gradients; left so, the first real step would be AdamW's second (its bias
+    correction shifted) and every run would train otherwise than a plain optimizer (found in review)."""
+    data = make_char_data(tmp_path / "data")
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=8))
+    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95))
+    _, state = parallel.full_state(model, optimizer)
+    assert state["state"] == {} and not optimizer.state  # nothing saved, nothing initialised
+    train(tiny(tmp_path, "run", data=data, max_iters=3, eval_interval=1))  # checkpoints at iters 0, 1, 2, 3
+    steps = {float(s["step"]) for s in read_checkpoint(str(tmp_path / "run" / "ckpt.pt"))["optimizer"]["state"].values()}
+    assert steps == {3.0}
+    train(tiny(tmp_path, "run0", data=data, max_iters=0))
+    assert read_checkpoint(str(tmp_path / "run0" / "ckpt.pt"))["optimizer"]["state"] == {}
+    train(tiny(tmp_path, "run0", data=data, max_iters=3, eval_interval=1, init_from="resume"))
+    assert losses(str(tmp_path / "run0")) == losses(str(tmp_path / "run"))
+
+
 def test_activation_checkpointing_changes_nothing_but_memory(tmp_path):
     """With dropout and 2 micro-steps: the same losses, weights and alpha_ma (the recomputed forward does
     not count its alpha twice in Eq. 9), and autograd keeps only each Block's input."""
