@@ -127,20 +127,21 @@ def full_state(model, optimizer):
     rank must call it (the shards are gathered) and only rank 0 gets them, the others {}. The optimizer
     state is keyed by parameter names ("transformer.h.0.attn.c_attn.weight"), not by position, so it loads
     into the model wrapped or not, sharded over any number of ranks or in one process."""
-    fresh = not optimizer.state  # before the first step: get_optimizer_state_dict initialises the state by a
-    optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)  # step of zero gradients (step = 1)
-    if fresh:  # undone, or the first real step would be AdamW's second (its bias correction shifted)
-        optimizer.state.clear()
-        optimizer_state["state"] = {}
-    return get_model_state_dict(model, options=FULL), optimizer_state
+    fresh = not optimizer.state
+    model_state = get_model_state_dict(model, options=FULL)  # first: it leaves FSDP's parameters sharded, the
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=FULL)  # ones the optimizer holds
+    if fresh:  # before the first step get_optimizer_state_dict makes the state by a step of zero gradients at
+        # learning rate 0: zero moments, as AdamW's first step makes them, but step = 1; back to 0, or the first
+        # real step would be AdamW's second (its bias correction shifted)
+        for state in (*optimizer.state.values(), *optimizer_state.get("state", {}).values()):
+            state["step"].zero_()
+    return model_state, optimizer_state
 
 
 def load_optimizer_state(model, optimizer, state):
     """Loads full_state's optimizer state into optimizer, which holds model's parameters, sharded or not.
     A checkpoint written before the states were keyed by names has positions 0, 1, ...: those load into
     the same unsharded model only."""
-    if not state["state"]:
-        return  # written before the first step: a fresh optimizer is that state
     if not isinstance(state["param_groups"][0]["params"][0], int):
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
     elif isinstance(model, FSDPModule):

@@ -271,12 +271,12 @@ def test_a_checkpoint_before_the_first_step_leaves_adamw_at_step_one(tmp_path):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=8))
     optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95))
     _, state = parallel.full_state(model, optimizer)
-    assert state["state"] == {} and not optimizer.state  # nothing saved, nothing initialised
+    assert {float(s["step"]) for s in (*state["state"].values(), *optimizer.state.values())} == {0.0}
     train(tiny(tmp_path, "run", data=data, max_iters=3, eval_interval=1))  # checkpoints at iters 0, 1, 2, 3
     steps = {float(s["step"]) for s in read_checkpoint(str(tmp_path / "run" / "ckpt.pt"))["optimizer"]["state"].values()}
     assert steps == {3.0}
     train(tiny(tmp_path, "run0", data=data, max_iters=0))
-    assert read_checkpoint(str(tmp_path / "run0" / "ckpt.pt"))["optimizer"]["state"] == {}
+    assert {float(s["step"]) for s in read_checkpoint(str(tmp_path / "run0" / "ckpt.pt"))["optimizer"]["state"].values()} == {0.0}
     train(tiny(tmp_path, "run0", data=data, max_iters=3, eval_interval=1, init_from="resume"))
     assert losses(str(tmp_path / "run0")) == losses(str(tmp_path / "run"))
 
