@@ -1,9 +1,10 @@
 """
 Where the attention of trained checkpoints goes (paper section 4, appendices A and B), side by side:
 
-    python analyze.py --ckpt out-softmax --ckpt out-sink --ckpt out-affine/ckpt.pt
+    python analyze.py --ckpt=out-softmax,out-sink,out-affine/ckpt.pt
 
 An out_dir stands for its best.pt (the lowest val loss), else its ckpt.pt; a file for itself.
+Settings are the fields of AnalyzeConfig, given as in train.py (config files and --key=value overrides).
 
 On validation sequences as appendix A.1 takes them (10 windows of min(1024, block_size) tokens at seeded
 random places in a val.bin, the same for every checkpoint; the paper's is C4 validation, which
@@ -18,14 +19,15 @@ gradient-norm statistics of Tables 4 and 5. The figures add phi, sigmoid against
 A text summary is always printed; with matplotlib installed, figures go to --plot_dir.
 """
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from common import DATA_ROOT, ConfigError, check_device, check_writable, load_model, read_jsonl, read_tokens
+from common import (DATA_ROOT, ConfigError, check_device, check_types, check_writable, load_config, load_model, read_jsonl,
+                    read_tokens)
 from model import linear_clipping
 
 LATE = 2 / 9  # Fig. 10's share of training: steps 7k-9k of 9k
@@ -372,46 +374,59 @@ def plot(runs, plot_dir):
 # --------------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", action="append", required=True, help="a train.py out_dir or checkpoint file; repeat to compare")
-    p.add_argument("--data_dir", help="folder holding val.bin (default: the run's, as train.py: data_dir or data/<dataset>)")
-    p.add_argument("--num_seqs", type=int, default=10, help="validation sequences (default: 10, as the paper)")
-    p.add_argument("--seq_len", type=int, help="tokens per sequence (default: min(1024, block_size), as the paper's 1k)")
-    p.add_argument("--seed", type=int, default=0, help="where the sequences are taken from val.bin (default: 0)")
-    p.add_argument("--layer", type=int, help="layer of the heatmap, from 0 (default: the paper's relative depth, "
-                   "its layer 8 of 16: n_layer // 2 - 1)")
-    p.add_argument("--head", type=int, help="head of the heatmap (default: the mean over heads, as the paper)")
-    p.add_argument("--early_steps", type=int, default=500, help="gradient-norm statistics over iters < this (Tables 4-5), as compare.py (default: 500)")
-    p.add_argument("--plot_dir", help="where figures go (default: the checkpoint's folder, or analysis/ for several)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
-    args = p.parse_args(argv)
-    for name in ("num_seqs", "early_steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name}={getattr(args, name)} must be at least 1")
-    check_device(args.device, "--device")  # its messages name this script's option, not train.py's device=
-    run_dirs = [path if os.path.isdir(path) else os.path.dirname(path) or "." for path in args.ckpt]
-    plot_dir = args.plot_dir or (run_dirs[0] if len(args.ckpt) == 1 else "analysis")
+@dataclass
+class AnalyzeConfig:
+    ckpt: str = ""  # train.py out_dirs or checkpoint files, comma-separated to compare them side by side
+    data_dir: str = ""  # folder holding val.bin; "": the run's, as train.py: data_dir or data/<dataset>
+    num_seqs: int = 10  # validation sequences, as the paper
+    seq_len: int = None  # tokens per sequence; None: min(1024, block_size), as the paper's 1k
+    seed: int = 0  # where the sequences are taken from val.bin
+    early_steps: int = 500  # gradient-norm statistics over iters < this (Tables 4-5), as compare.py
+    plot_dir: str = ""  # where figures go; "": the checkpoint's folder, or analysis/ for several
+    device: str = "cpu"  # cpu, cuda, cuda:N or mps
+    # the heatmap (Fig. 9)
+    layer: int = None  # its layer, from 0; None: the paper's relative depth, its layer 8 of 16: n_layer // 2 - 1
+    head: int = None  # its head; None: the mean over heads, as the paper
+
+    def __post_init__(self):
+        check_types(self)
+        if not self.ckpt_list():
+            raise ConfigError("no --ckpt: give a train.py out_dir or checkpoint file, e.g. --ckpt=out-shakespeare-char-cpu, "
+                              "or several, comma-separated")
+        for name in ("num_seqs", "early_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name}={getattr(self, name)} must be at least 1")
+        check_device(self.device, "--device")  # its messages name this script's option, not train.py's device=
+
+    def ckpt_list(self):
+        return [path.strip() for path in self.ckpt.split(",") if path.strip()]
+
+
+def main(argv):
+    args = load_config(argv, AnalyzeConfig)
+    ckpts = args.ckpt_list()
+    run_dirs = [path if os.path.isdir(path) else os.path.dirname(path) or "." for path in ckpts]
+    plot_dir = args.plot_dir or (run_dirs[0] if len(ckpts) == 1 else "analysis")
     check_writable(plot_dir, "--plot_dir", folder=True)  # before the analysis, not when the figures are saved
 
     runs, summaries = [], []
-    for path, run_dir in zip(args.ckpt, run_dirs):
+    for path, run_dir in zip(ckpts, run_dirs):
         model, _, ckpt = load_model(path, args.device, "--ckpt")
         if ckpt is None:
-            p.error(f"--ckpt={path} is not a train.py checkpoint")
+            raise ConfigError(f"--ckpt={path} is not a train.py checkpoint")
         model.eval()
         cfg = model.config
         seq_len = args.seq_len or min(1024, cfg.block_size)
         if not 1 <= seq_len <= cfg.block_size:
-            p.error(f"--seq_len={seq_len}: {path} takes 1..{cfg.block_size} (its block_size)")
+            raise ConfigError(f"--seq_len={seq_len}: {path} takes 1..{cfg.block_size} (its block_size)")
         layer = max(cfg.n_layer // 2 - 1, 0) if args.layer is None else args.layer
         if not -cfg.n_layer <= layer < cfg.n_layer:
-            p.error(f"--layer={layer}: {path} has layers {-cfg.n_layer}..{cfg.n_layer - 1}")
+            raise ConfigError(f"--layer={layer}: {path} has layers {-cfg.n_layer}..{cfg.n_layer - 1}")
         if args.head is not None and not 0 <= args.head < cfg.n_head:
-            p.error(f"--head={args.head}: {path} has heads 0..{cfg.n_head - 1}")
+            raise ConfigError(f"--head={args.head}: {path} has heads 0..{cfg.n_head - 1}")
         data_dir = args.data_dir or ckpt["config"].get("data_dir")  # as train.py: its data_dir, else data/<dataset>
         if not data_dir and "dataset" not in ckpt["config"]:
-            p.error(f"{path} names no dataset in its config: pass --data_dir")
+            raise ConfigError(f"{path} names no dataset in its config: pass --data_dir")
         data_path = os.path.join(data_dir or os.path.join(DATA_ROOT, ckpt["config"]["dataset"]), "val.bin")
         x = val_sequences(data_path, args.num_seqs, seq_len, cfg.vocab_size, args.seed).to(args.device)
         stats = attention_stats(model, x, layer, args.head)
@@ -430,6 +445,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     try:
-        main()
+        main(sys.argv[1:])
     except ConfigError as e:
         sys.exit(f"ConfigError: {e}")

@@ -6,15 +6,16 @@ and torch.compile of the fused model, at a few sequence lengths.
     python bench.py                              # CUDA if present (bf16 autocast, GPT-2 small), else a small CPU model
     python bench.py --device=cpu --seq_lens=256,1024 --variants=softmax,affine --out=bench.json
     python bench.py --loss_chunks=0,2048,512,128 --out=loss_chunks.json  # instead: KD loss memory against loss_chunk
-    python bench.py --time_to_loss --variants=softmax,affine  # instead: the main job's time to nanoGPT's val loss
+    python bench.py --time_to_loss=True --variants=softmax,affine  # instead: the main job's time to nanoGPT's val loss
 
 Each variant's time is also given as a ratio to softmax in the same mode at the same T, measured in the
 same run (softmax is therefore always measured), and each mode's speedup over eager. To keep those ratios
 honest on a busy machine the variants of one mode are timed in rounds of one step each, in a rotated
 order, and every time is the median over the rounds.
+
+Settings are the fields of BenchConfig, given as in train.py (config files and --key=value overrides).
 """
 
-import argparse
 import dataclasses
 import gc
 import json
@@ -29,7 +30,7 @@ from contextlib import nullcontext
 
 import torch
 
-from common import ConfigError, check_writable, find_data, load_config
+from common import ConfigError, check_types, check_writable, find_data, load_config
 from model import ATTN_VARIANTS, GPT, GPTConfig, peak_flops
 from train import NonFiniteLoss, TrainConfig, forward_loss, train
 
@@ -114,13 +115,13 @@ def peak_memory(fn, device, keep=()):
     return peak
 
 
-def bench_mode(T, mode, x, y, args, device, ctx):
+def bench_mode(T, mode, x, y, args, device, ctx, peak):
     """The records of every variant in one mode at one T. The variants are interleaved step by step, in
     a rotated order each round, so a burst of load from elsewhere slows them all alike. The modes come
     one after the other, so GPT-2 small on CUDA holds five models in memory, not fifteen (freed when
     this returns)."""
     runs = []
-    for variant in args.variants:
+    for variant in args.variant_list():
         run = dict(rec=dict(T=T, variant=variant, mode=mode, error=None), train=[], fwd=[])
         runs.append(run)
         try:
@@ -155,27 +156,27 @@ def bench_mode(T, mode, x, y, args, device, ctx):
             rec[f"{kind}_ms"] = 1e3 * dt
             rec[f"{kind}_tok_s"] = args.batch_size * T / dt
             rec[f"{kind}_mem_mib"] = mem[kind] / 2**20
-        peak = args.peak_flops
         rec["mfu"] = run["model"].estimate_mfu(args.batch_size, rec["train_ms"] / 1e3, peak) if peak else None
     return [run["rec"] for run in runs]
 
 
-def bench(args):
-    """One record per (T, variant, mode): median times, tokens/s, ratios and memory."""
+def bench(args, peak=None):
+    """One record per (T, variant, mode): median times, tokens/s, ratios and memory; MFU against peak FLOP/s,
+    if given."""
     device = torch.device(args.device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     modes = MODES if args.compile else MODES[:2]
     if args.compile:
         # every variant is a separate graph in train and in eval mode; without a higher limit dynamo would
         # silently fall back to eager after 8 of them, and "compile" would time eager code
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.variants))
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(args.variant_list()))
     records = []
-    for T in args.seq_lens:
+    for T in args.seq_len_list():
         g = torch.Generator().manual_seed(args.seed)
         x, y = (torch.randint(0, args.vocab_size, (args.batch_size, T), generator=g).to(device) for _ in range(2))
         for mode in modes:
             print(f"timing T={T}, {mode} ...", flush=True)  # compiling GPT-2 small takes minutes
-            records += bench_mode(T, mode, x, y, args, device, ctx)
+            records += bench_mode(T, mode, x, y, args, device, ctx, peak)
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -228,7 +229,7 @@ def format_memory(records, kind):
 
 
 # --------------------------------------------------------------------------------------------------
-# --time_to_loss: time to reach the nanoGPT-equivalent run's quality, training runs side by side
+# --time_to_loss=True: time to reach the nanoGPT-equivalent run's quality, training runs side by side
 
 SAME_EVAL = ("dataset", "data_dir", "seed", "batch_size", "block_size", "eval_iters")  # what picks the eval batches
 
@@ -278,7 +279,7 @@ def time_to_loss(args):
     time_s of its first evaluation at or below it: wall seconds from its start, its earlier evaluations
     and logging included. The runs write into a temporary folder, deleted at the end."""
     cfgs = [load_config([args.baseline], TrainConfig)]
-    cfgs += [load_config([args.config] + ([f"--attn={a}"] if a else []), TrainConfig) for a in args.variants or [""]]
+    cfgs += [load_config([args.config] + ([f"--attn={a}"] if a else []), TrainConfig) for a in args.variant_list()]
     for name in SAME_EVAL:
         if getattr(cfgs[0], name) != getattr(cfgs[1], name):
             raise ConfigError(f"{name} is {getattr(cfgs[0], name)!r} in {args.baseline} but {getattr(cfgs[1], name)!r} "
@@ -326,14 +327,14 @@ def loss_chunks(args, device):
     (its CE computed too) of a student of width n_embd from a teacher twice as wide, over vocab_size
     tokens, on batch_size sequences of seq_lens[0] tokens. Hidden states stand in for both models' bodies,
     so what is measured is the loss's own memory, the gradient of the student's lm_head included."""
-    T, V, C = args.seq_lens[0], args.vocab_size, args.n_embd
+    T, V, C = args.seq_len_list()[0], args.vocab_size, args.n_embd
     torch.manual_seed(args.seed)
     student = HiddenStates(args.batch_size, T, C, V).to(device)
     teacher = HiddenStates(args.batch_size, T, 2 * C, V).to(device).requires_grad_(False)
     x = torch.randint(V, (args.batch_size, T), device=device)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     rows = []
-    for chunk in args.loss_chunks:
+    for chunk in args.loss_chunk_list():
         cfg = TrainConfig(loss="kd", teacher="-", kd_alpha=1.0, loss_chunk=chunk, device=device.type)
 
         def step():
@@ -376,75 +377,95 @@ def format_time_to_loss(runs):
     return "\n".join(lines)
 
 
-def csv_list(cast, allowed=None, least=1):
-    def parse(text):
-        items = list(dict.fromkeys(cast(t.strip()) for t in text.split(",") if t.strip()))  # in order, once each
-        if not items:
-            raise argparse.ArgumentTypeError(f"empty list {text!r}")
-        for item in items:
-            if allowed is not None and item not in allowed:
-                raise argparse.ArgumentTypeError(f"unknown {item!r}; allowed: {', '.join(allowed)}")
-            if allowed is None and item < least:
-                raise argparse.ArgumentTypeError(f"{item} must be an integer of at least {least}")
-        return items
-    return parse
+# --------------------------------------------------------------------------------------------------
+# settings
 
 
-def positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
+@dataclasses.dataclass
+class BenchConfig:
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"  # cpu, cuda or cuda:N
+    variants: str = ""  # comma-separated attn variants; "": all; softmax is always added (the ratios' reference)
+    seq_lens: str = ""  # comma-separated; "": 256,1024,2048 on CUDA, 256,1024 on CPU
+    compile: bool = None  # also time torch.compile of the fused model; None: on CUDA only
+    # the model; None: GPT-2 small on CUDA, a small character-level model on CPU
+    n_layer: int = None  # 12 on CUDA, 2 on CPU
+    n_head: int = None  # 12 on CUDA, 2 on CPU
+    n_embd: int = None  # 768 on CUDA, 128 on CPU
+    vocab_size: int = None  # 50304 on CUDA, 65 on CPU
+    batch_size: int = None  # 8 on CUDA, 4 on CPU
+    # the measurement
+    warmup: int = 2  # untimed iterations per model before the rounds
+    iters: int = 10  # timed rounds; each times one step of every variant
+    seed: int = 1337
+    out: str = ""  # also write the results as JSON to this file
+    # instead: the KD loss's peak memory and time for each of these loss_chunk values (0: unchunked), comma-separated;
+    # by default for one 2048-token sequence, on CUDA with n_embd=1024 and vocab_size=151936 (the paper's Qwen
+    # student), on CPU with n_embd=64 and vocab_size=16384 (minutes instead of an hour)
+    loss_chunks: str = ""
+    # instead: train baseline and config on the same data and compare their times to the baseline's final val loss,
+    # config once per variants ("": its own attn); the device is the configs'
+    time_to_loss: bool = False
+    baseline: str = "config/train_shakespeare_char_nanogpt.py"  # the run whose final val loss is the target
+    config: str = "config/train_shakespeare_char_cpu.py"  # the run timed to the target
+
+    def __post_init__(self):
+        check_types(self)
+        self.variant_list(), self.seq_len_list(), self.loss_chunk_list()  # a bad list fails here, not after minutes
+        if self.iters < 1:
+            raise ConfigError(f"--iters={self.iters} must be a positive integer")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup={self.warmup} must be 0 or more")
+        if self.time_to_loss:
+            return
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            device = None
+        if device is None or device.type not in DEFAULTS:
+            raise ConfigError(f"--device={self.device!r}: allowed device types are {', '.join(DEFAULTS)}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device={self.device!r} but torch sees no CUDA device; use --device=cpu")
+        defaults = {**DEFAULTS[device.type], **(LOSS_DEFAULTS[device.type] if self.loss_chunks else {})}
+        for name, value in defaults.items():
+            if getattr(self, name) in (None, ""):
+                setattr(self, name, value if name != "seq_lens" else ",".join(map(str, value)))
+        for name in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name}={getattr(self, name)} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"--n_embd={self.n_embd} must be divisible by --n_head={self.n_head}")
+        if self.warmup < 1 and self.compile:
+            raise ConfigError(f"--warmup={self.warmup}: --compile=True needs at least 1, or compilation is timed")
+
+    def variant_list(self):
+        """The variants to time; with time_to_loss the attn values of the main runs ([""]: its config's)."""
+        variants = csv_list("variants", self.variants, str, ATTN_VARIANTS)
+        if self.time_to_loss:
+            return variants or [""]
+        variants = variants or list(ATTN_VARIANTS)
+        return ["softmax"] * ("softmax" not in variants) + variants
+
+    def seq_len_list(self):
+        return csv_list("seq_lens", self.seq_lens, int)
+
+    def loss_chunk_list(self):
+        return csv_list("loss_chunks", self.loss_chunks, int, least=0)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--variants", type=csv_list(str, ATTN_VARIANTS),
-                   help=f"comma-separated, from {','.join(ATTN_VARIANTS)}; default all, softmax always added (the "
-                        "ratios' reference); with --time_to_loss the attn of the main runs, default the config's")
-    p.add_argument("--seq_lens", type=csv_list(int), help="comma-separated; default 256,1024,2048 on CUDA, 256,1024 on CPU")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="also time torch.compile of the fused model (default: on CUDA only)")
-    for name in ("n_layer", "n_head", "n_embd", "vocab_size", "batch_size"):
-        p.add_argument(f"--{name}", type=positive, help=f"default: {DEFAULTS['cuda'][name]} on CUDA (GPT-2 small), {DEFAULTS['cpu'][name]} on CPU")
-    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model before the rounds (default: 2)")
-    p.add_argument("--iters", type=positive, default=10, help="timed rounds; each times one step of every variant (default: 10)")
-    p.add_argument("--seed", type=int, default=1337, help="default: 1337")
-    p.add_argument("--out", help="also write the results as JSON to this file")
-    p.add_argument("--time_to_loss", action="store_true", help="instead: train --baseline and --config on the same "
-                   "data and compare their times to the baseline's final val loss (the device is the configs')")
-    p.add_argument("--baseline", default="config/train_shakespeare_char_nanogpt.py",
-                   help="--time_to_loss: the run whose final val loss is the target")
-    p.add_argument("--config", default="config/train_shakespeare_char_cpu.py",
-                   help="--time_to_loss: the run timed to the target, once per --variants")
-    p.add_argument("--loss_chunks", type=csv_list(int, least=0), help="instead: the KD loss's peak memory and time for each "
-                   "of these loss_chunk values (0: unchunked), by default for one 2048-token sequence, on CUDA with "
-                   "n_embd=1024 and vocab_size=151936 (the paper's Qwen student), on CPU with n_embd=64 and "
-                   "vocab_size=16384 (minutes instead of an hour)")
-    args = p.parse_args(argv)
-    if args.time_to_loss:
-        return args
-    args.variants = args.variants or list(ATTN_VARIANTS)
+def csv_list(name, text, cast, allowed=None, least=1):
+    """The comma-separated items of the setting name=text, in order, once each; [] for ""."""
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in DEFAULTS:
-        p.error(f"--device={args.device!r}: allowed device types are {', '.join(DEFAULTS)}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device={args.device!r} but torch sees no CUDA device; use --device=cpu")
-    for name, value in (*(LOSS_DEFAULTS[device.type].items() if args.loss_chunks else ()), *DEFAULTS[device.type].items()):
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if "softmax" not in args.variants:
-        args.variants = ["softmax"] + args.variants
-    if args.n_embd % args.n_head:
-        p.error(f"--n_embd={args.n_embd} must be divisible by --n_head={args.n_head}")
-    if args.warmup < 0:
-        p.error(f"--warmup={args.warmup} must be 0 or more")
-    if args.warmup < 1 and args.compile:
-        p.error(f"--warmup={args.warmup}: --compile needs at least 1, or compilation is timed")
-    return args
+        items = list(dict.fromkeys(cast(t.strip()) for t in text.split(",") if t.strip()))
+    except ValueError:
+        raise ConfigError(f"--{name}={text!r} must be comma-separated integers, e.g. --{name}=256,1024") from None
+    if text.strip() and not items:
+        raise ConfigError(f"--{name}={text!r} names none; give comma-separated values or \"\" for the default")
+    for item in items:
+        if allowed is not None and item not in allowed:
+            raise ConfigError(f"--{name}={text!r}: unknown {item!r}; allowed: {', '.join(allowed)}")
+        if allowed is None and item < least:
+            raise ConfigError(f"--{name}={text!r}: {item} must be an integer of at least {least}")
+    return items
 
 
 def save_json(path, results):
@@ -454,8 +475,8 @@ def save_json(path, results):
     print(f"wrote {path}")
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv):
+    args = load_config(argv, BenchConfig)
     if args.out:
         check_writable(args.out, "--out")  # before the minutes of measuring whose results it keeps
     if args.time_to_loss:
@@ -465,27 +486,28 @@ def main(argv=None):
         counter = "the CUDA allocator's counters" if device.type == "cuda" else "torch.profiler's CPU allocation events"
         where = (f"{torch.cuda.get_device_name(device)}, bf16 autocast" if device.type == "cuda" else
                  f"{cpu_name()}, {torch.get_num_threads()} threads, fp32")
-        print(f"KD loss, forward and backward: {args.batch_size} x {args.seq_lens[0]} tokens, vocab_size={args.vocab_size}, "
+        print(f"KD loss, forward and backward: {args.batch_size} x {args.seq_len_list()[0]} tokens, vocab_size={args.vocab_size}, "
               f"student width {args.n_embd}, teacher {2 * args.n_embd}; {where}, torch {torch.__version__}; peak memory "
               f"from {counter}, median of {args.iters} times\n{LOSS_CHUNK_HEAD}", flush=True)
         rows = loss_chunks(args, device)
         if args.out:
-            settings = {k: getattr(args, k) for k in ("loss_chunks", "batch_size", "seq_lens", "n_embd", "vocab_size", "iters", "seed")}
+            settings = {"loss_chunks": args.loss_chunk_list(), "seq_lens": args.seq_len_list(),
+                        **{k: getattr(args, k) for k in ("batch_size", "n_embd", "vocab_size", "iters", "seed")}}
             save_json(args.out, {"settings": settings, "device": where, "torch": torch.__version__, "results": rows})
         return rows
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as in training; bf16 autocast covers most matmuls anyway
         torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name(device)
-        args.peak_flops = peak_flops(name, "bfloat16")
-        known = f"MFU against {args.peak_flops / 1e12:.0f} TFLOP/s" if args.peak_flops else "MFU: - (add its peak to model.PEAK_FLOPS)"
+        peak = peak_flops(name, "bfloat16")
+        known = f"MFU against {peak / 1e12:.0f} TFLOP/s" if peak else "MFU: - (add its peak to model.PEAK_FLOPS)"
         where = f"{name}, bf16 autocast, {known}"
     else:
-        args.peak_flops = None  # no MFU on CPU
+        peak = None  # no MFU on CPU
         where = f"{cpu_name()}, {torch.get_num_threads()} threads, fp32"
     print(f"{where}, torch {torch.__version__}; n_layer={args.n_layer} n_head={args.n_head} n_embd={args.n_embd} "
           f"vocab_size={args.vocab_size} batch_size={args.batch_size}; median of {args.iters} interleaved rounds")
-    records = bench(args)
+    records = bench(args, peak)
     counter = "the CUDA allocator's counters" if device.type == "cuda" else "torch.profiler's CPU allocation events"
     notes = ("x softmax: time / softmax's time, same mode and T (cost ratio, 1.05 = 5% slower); "
              f"speedup: eager's time / this time; MiB: peak memory above the resident weights and optimizer state, from {counter}")
@@ -493,7 +515,9 @@ def main(argv=None):
     print(f"\nforward pass (no grad)\n{format_table(records, 'fwd')}\n\n{notes}")
     print(f"\npeak memory of a training step (MiB) against T\n{format_memory(records, 'train')}")
     if args.out:
-        settings = {k: v for k, v in vars(args).items() if k != "out"}
+        settings = {**dataclasses.asdict(args), "variants": args.variant_list(), "seq_lens": args.seq_len_list(),
+                    "peak_flops": peak}
+        del settings["out"]
         save_json(args.out, {"settings": settings, "device": where, "torch": torch.__version__, "results": records})
     return records
 
@@ -512,6 +536,6 @@ def main_time_to_loss(args):
 
 if __name__ == "__main__":
     try:
-        main()
+        main(sys.argv[1:])
     except (ConfigError, NonFiniteLoss) as e:
         sys.exit(f"{type(e).__name__}: {e}")

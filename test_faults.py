@@ -161,11 +161,12 @@ def test_a_config_file_that_fails_is_one_line_with_file_and_line(tmp_path, text,
     assert str(e.value) == f"config file {path}, {message}"
 
 
-def test_help_into_a_closed_pipe_exits_quietly():
+@pytest.mark.parametrize("script", ["train.py", "analyze.py", "bench.py"])
+def test_help_into_a_closed_pipe_exits_quietly(script):
     """python train.py --help | head -1: the reader is gone before the help is written."""
     read, write = os.pipe()
     os.close(read)
-    done = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True)
     os.close(write)
     assert (done.returncode, done.stderr) == (0, "")
 

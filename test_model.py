@@ -1135,8 +1135,8 @@ def make_run(tmp_path, attn, vocab=50, T=24):
 def test_analyze_end_to_end(tmp_path, capsys):
     ckpts = [make_run(tmp_path, attn) for attn in ("softmax", "sink", "affine")]
     plot_dir = tmp_path / "figs"
-    summary = analyze.main([a for path in ckpts for a in ("--ckpt", str(path))] +
-                           ["--data_dir", str(tmp_path / "tiny"), "--num_seqs", "3", "--plot_dir", str(plot_dir)])
+    summary = analyze.main([f"--ckpt={','.join(map(str, ckpts))}", f"--data_dir={tmp_path / 'tiny'}", "--num_seqs=3",
+                            f"--plot_dir={plot_dir}"])
     assert summary in capsys.readouterr().out
     blocks = summary.split("\n\n")
     assert len(blocks) == 3
@@ -1162,13 +1162,15 @@ def test_analyze_end_to_end(tmp_path, capsys):
 
 def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
     path = make_run(tmp_path, "softmax")
-    base = ["--ckpt", str(path), "--data_dir", str(tmp_path / "tiny")]
-    for extra, words in ((["--layer", "2"], "--layer=2"), (["--seq_len", "99"], "1..24"), (["--head", "5"], "heads 0..1")):
-        with pytest.raises(SystemExit):
-            analyze.main(base + extra)
-        assert words in capsys.readouterr().err
+    base = [f"--ckpt={path}", f"--data_dir={tmp_path / 'tiny'}"]
+    for extra, message in (("--layer=2", "--layer=2: .* has layers -2..1"), ("--seq_len=99", "--seq_len=99: .* takes 1..24"),
+                           ("--head=5", "--head=5: .* has heads 0..1"), ("--layer=x", "layer='x' must be an integer")):
+        with pytest.raises(ConfigError, match=f"^{message}"):
+            analyze.main(base + [extra])
     with pytest.raises(ConfigError, match="--data_dir"):
-        analyze.main(["--ckpt", str(path), "--data_dir", str(tmp_path / "nowhere")])
+        analyze.main([f"--ckpt={path}", f"--data_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match="^no --ckpt: give a train.py out_dir or checkpoint file, e.g. --ckpt="):
+        analyze.main([f"--data_dir={tmp_path / 'tiny'}"])
 
 
 def test_analysis_sequences_are_ten_seeded_random_windows_of_at_most_1024_tokens(tmp_path, capsys):
@@ -1184,11 +1186,11 @@ def test_analysis_sequences_are_ten_seeded_random_windows_of_at_most_1024_tokens
     assert not torch.equal(x, analyze.val_sequences(str(tmp_path / "tiny" / "val.bin"), 10, 1024, 50, seed=1))
     with pytest.raises(ConfigError, match="val.bin has 5000 tokens, too few for --num_seqs=10 windows of --seq_len=4996"):
         analyze.val_sequences(str(tmp_path / "tiny" / "val.bin"), 10, 4996, 50)
-    summary = analyze.main(["--ckpt", str(path), "--data_dir", str(tmp_path / "tiny")])
+    summary = analyze.main([f"--ckpt={path}", f"--data_dir={tmp_path / 'tiny'}"])
     assert "10 sequences x 1024 tokens of" in summary  # min(1024, block_size=1100)
     (tmp_path / "short").mkdir()
-    assert "10 sequences x 24 tokens of" in analyze.main(["--ckpt", str(make_run(tmp_path / "short", "softmax")),
-                                                          "--data_dir", str(tmp_path / "tiny")])
+    assert "10 sequences x 24 tokens of" in analyze.main([f"--ckpt={make_run(tmp_path / 'short', 'softmax')}",
+                                                          f"--data_dir={tmp_path / 'tiny'}"])
 
 
 def test_fig_10_is_the_last_two_ninths_of_training():
@@ -1223,8 +1225,8 @@ def test_every_figure_names_its_paper_figure_in_words_with_one_colour_scale(tmp_
 
     monkeypatch.setattr(Figure, "savefig", record)
     ckpts = [make_run(tmp_path, attn) for attn in ("softmax", "sink", "affine")]
-    analyze.main([a for path in ckpts for a in ("--ckpt", str(path))] +
-                 ["--data_dir", str(tmp_path / "tiny"), "--num_seqs", "3", "--plot_dir", str(tmp_path / "figs")])
+    analyze.main([f"--ckpt={','.join(map(str, ckpts))}", f"--data_dir={tmp_path / 'tiny'}", "--num_seqs=3",
+                  f"--plot_dir={tmp_path / 'figs'}"])
     numbers = {"qk_mag.png": 2, "query_mass.png": 3, "first_token.png": 4, "headwise.png": 5, "entropy.png": 6,
                "train_loss.png": 7, "grad_norm.png": 8, "heatmap.png": 9, "train_loss_end.png": 10, "phi.png": 11}
     assert {name: int(f["title"].split(":")[0].removeprefix("Fig. ")) for name, f in figures.items()} == numbers
@@ -1238,7 +1240,7 @@ def test_every_figure_names_its_paper_figure_in_words_with_one_colour_scale(tmp_
 
 def test_bench_table_has_a_row_per_variant_and_mode(capsys):
     records = bench.main(["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=1",
-                          "--seq_lens=8", "--warmup=0", "--iters=1", "--no-compile"])
+                          "--seq_lens=8", "--warmup=0", "--iters=1", "--compile=False"])
     assert [(r["variant"], r["mode"]) for r in records] == [(v, m) for m in ("eager", "fused") for v in ATTN_VARIANTS]
     train, fwd = capsys.readouterr().out.split("forward pass")
     for table in train, fwd:

@@ -162,7 +162,7 @@ def test_time_to_loss_compares_runs_on_the_same_eval_batches(tmp_path, capsys):
     data = make_char_data(tmp_path / "data")
     baseline = tiny_config_file(tmp_path / "base.py", data, learning_rate=1e-3, max_iters=10, lr_decay_iters=10)
     main = tiny_config_file(tmp_path / "main.py", data, learning_rate=1e-2, max_iters=10, lr_decay_iters=10)
-    runs = bench.main(["--time_to_loss", f"--baseline={baseline}", f"--config={main}", "--variants=softmax,affine", "--iters=1"])
+    runs = bench.main(["--time_to_loss=True", f"--baseline={baseline}", f"--config={main}", "--variants=softmax,affine", "--iters=1"])
     target = runs[0]["evals"][-1]["val_loss"]
     assert [r["attn"] for r in runs] == ["softmax", "softmax", "affine"]
     for run in runs:
@@ -177,4 +177,4 @@ def test_time_to_loss_compares_runs_on_the_same_eval_batches(tmp_path, capsys):
     assert sum(line.startswith("main.py attn=") for line in out.splitlines()) == 4  # two runs, each in both tables
     bad = tiny_config_file(tmp_path / "bad.py", data, batch_size=8, max_iters=1)
     with pytest.raises(ConfigError, match="batch_size is 4 in .* but 8 in"):
-        bench.main(["--time_to_loss", f"--baseline={baseline}", f"--config={bad}"])
+        bench.main(["--time_to_loss=True", f"--baseline={baseline}", f"--config={bad}"])

@@ -2,7 +2,7 @@
 # (data/shakespeare/input.txt). nanoGPT's CPU example in shape and batch (4 layers, 4 heads, 128 wide,
 # block 64, batch 12), with rotary positions and a ReLU^2 MLP: it needs 800 iterations, at 3x the learning
 # rate, to pass the val loss that nanoGPT's GPT-2 block reaches in 2000 (config/train_shakespeare_char_nanogpt.py;
-# `python bench.py --time_to_loss` measures both). Every attn variant trains with this recipe.
+# `python bench.py --time_to_loss=True` measures both). Every attn variant trains with this recipe.
 # python train.py config/train_shakespeare_char_cpu.py
 out_dir = "out-shakespeare-char-cpu"
 dataset = "shakespeare_char"

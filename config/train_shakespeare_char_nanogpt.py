@@ -1,4 +1,4 @@
-# The nanoGPT-equivalent run, the baseline of `python bench.py --time_to_loss`: nanoGPT's CPU example
+# The nanoGPT-equivalent run, the baseline of `python bench.py --time_to_loss=True`: nanoGPT's CPU example
 #   python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
 #     --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128
 #     --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
