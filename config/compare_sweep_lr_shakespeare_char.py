@@ -6,8 +6,17 @@
 # should show as where each one degrades or diverges.
 # Writes out-compare/sweep_lr.md, .json and .png (final val CE against learning rate).
 # python compare.py config/compare_sweep_lr_shakespeare_char.py
-exec(open("config/compare_shakespeare_char.py").read())
-variants = ",".join(attn + lr for attn in ("softmax", "sink", "gated", "affine")
-                    for lr in ("", ":learning_rate=3e-3", ":learning_rate=1e-2", ":learning_rate=3e-2"))
+
+# as in config/compare_shakespeare_char.py: the same runs, so they are reused
+out_dir = "out-compare"
+teacher_config = "config/teacher_shakespeare_char.py"
+student_config = "config/kd_shakespeare_char_softmax.py --stats_interval=25"
+teacher_iters, student_iters, early_steps = 1000, 800, 800
+
+# each variant at the students' own learning rate (1e-3, from student_config) and at 3e-3, 1e-2 and 3e-2
+variants = ("softmax,softmax:learning_rate=3e-3,softmax:learning_rate=1e-2,softmax:learning_rate=3e-2,"
+            "sink,sink:learning_rate=3e-3,sink:learning_rate=1e-2,sink:learning_rate=3e-2,"
+            "gated,gated:learning_rate=3e-3,gated:learning_rate=1e-2,gated:learning_rate=3e-2,"
+            "affine,affine:learning_rate=3e-3,affine:learning_rate=1e-2,affine:learning_rate=3e-2")
 seeds = "1"
-results = "sweep_lr"
+results = "sweep_lr"  # out-compare/sweep_lr.md beside the comparison's results.md
