@@ -1,4 +1,8 @@
-"""The test suite: python -m pytest -q"""
+"""The model and its scripts, a section per subject: the attention variants (eager against fused, each against
+its formula), causality and alpha_ma, the KV cache, torch.compile, pretrained weights, the paper's students; data
+preparation, training, distillation, checkpoints, settings; sample.py, analyze.py, bench.py and compare.py.
+Other test files import helpers from here: make_model, REPO, load_script, make_char_data, tiny, hand_made_run.
+The whole suite: python -m pytest -q"""
 
 import copy
 import importlib.util
@@ -26,6 +30,11 @@ from sample import SampleConfig, sample
 import common
 from common import ConfigError
 from train import NonFiniteLoss, TrainConfig, attention_stats, get_lr, train
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers: tiny models and batches (test_eval and test_speed import make_model)
+
 
 AFFINE = ("affine", "affine_gated")
 # the block settings around the attention: GPT-2's, LLaMA / Qwen's (with grouped-query attention, one key/value
@@ -73,7 +82,7 @@ def batch(B=3, T=16, vocab=37, seed=1):
 
 
 # --------------------------------------------------------------------------------------------------
-# eager vs fused: the same function, forward and backward
+# attention variants: eager vs fused, the same function, forward and backward
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -242,7 +251,7 @@ def test_beta_under_bf16_autocast_is_eq8_rounded_once(affine_n):
 
 
 # --------------------------------------------------------------------------------------------------
-# causality, alpha_ma
+# causality, and alpha_ma (Eq. 9) over micro-steps and ranks
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -331,23 +340,6 @@ def test_alpha_ma_does_not_depend_on_the_number_of_ranks(tmp_path):
     for rank in range(2):
         for got, block in zip(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True), single.transformer.h):
             torch.testing.assert_close(got, block.attn.alpha_ma, atol=1e-7, rtol=0)
-
-
-def test_a_ddp_run_equals_the_plain_run_and_warns_nothing(tmp_path, monkeypatch):
-    """train.py under DDP (one gloo rank) keeps alpha_ma its own, with no FutureWarning about DDP's
-    settings (torch 2.13 deprecates broadcast_buffers for forward_sync_buffers)."""
-    data = make_char_data(tmp_path / "data")
-    plain = train(tiny(tmp_path, "plain", data, attn="affine", max_iters=4))
-    port = 29500 + os.getpid() % 1000
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
-        monkeypatch.setenv(key, value)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ddp = train(tiny(tmp_path, "ddp", data, attn="affine", max_iters=4))
-    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
-    assert ddp["val_loss"] == pytest.approx(plain["val_loss"], abs=1e-6)
-    steps, ddp_steps = read_metrics(plain["out_dir"])[0], read_metrics(ddp["out_dir"])[0]
-    torch.testing.assert_close(torch.tensor([r["alpha_ma"] for r in ddp_steps]), torch.tensor([r["alpha_ma"] for r in steps]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,7 +435,7 @@ def test_compile_fullgraph_matches_eager(attn, block):
 
 
 # --------------------------------------------------------------------------------------------------
-# GPT-2 weights, parameter overhead, configuration errors, learning
+# pretrained weights: GPT-2, LLaMA and Qwen2 from Hugging Face, against transformers
 
 
 @pytest.mark.parametrize("attn", ["softmax", "affine"])
@@ -517,16 +509,20 @@ def test_from_pretrained_llama_with_a_variant_keeps_the_weights(tmp_path):
         GPT.from_pretrained(str(tmp_path), n_layer=3)
 
 
-def test_paper_students_have_the_published_sizes():
-    """LLaMA-3.2-1B 1.24B and 3B 3.21B parameters; Qwen1.5-0.5B 0.62B (untied embeddings in its config.json)."""
-    totals = {name: param_overhead(GPTConfig(**shape))[0] for name, shape in PAPER_SHAPES.items()}
-    assert totals == {"Qwen1.5-0.5B": 619_570_176, "LLaMA-3.2-1B": 1_235_814_400, "LLaMA-3.2-3B": 3_212_749_824}
-
-
 def test_from_pretrained_without_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # makes the import fail
     with pytest.raises(ImportError, match="pip install transformers"):
         GPT.from_pretrained("gpt2")
+
+
+# --------------------------------------------------------------------------------------------------
+# the paper's students: the published sizes, and what each variant adds
+
+
+def test_paper_students_have_the_published_sizes():
+    """LLaMA-3.2-1B 1.24B and 3B 3.21B parameters; Qwen1.5-0.5B 0.62B (untied embeddings in its config.json)."""
+    totals = {name: param_overhead(GPTConfig(**shape))[0] for name, shape in PAPER_SHAPES.items()}
+    assert totals == {"Qwen1.5-0.5B": 619_570_176, "LLaMA-3.2-1B": 1_235_814_400, "LLaMA-3.2-3B": 3_212_749_824}
 
 
 def test_param_overhead():
@@ -546,6 +542,10 @@ def test_param_overhead():
         for attn in ("affine", "gated", "affine_gated"):
             if (L, H, D, attn) in paper:
                 assert round(param_overhead(GPTConfig(**shape, attn=attn))[1] / 1e6, 1) == paper[L, H, D, attn]
+
+
+# --------------------------------------------------------------------------------------------------
+# bad model settings, and the model learns
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -590,7 +590,7 @@ def test_loss_decreases(attn):
 
 
 # --------------------------------------------------------------------------------------------------
-# data preparation (data/*/prepare.py)
+# data preparation (data/*/prepare.py; other test files import REPO and load_script)
 
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -729,7 +729,7 @@ def test_fineweb_write_bins_gpt2(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# training and sampling (train.py, sample.py)
+# training (train.py): the loss falls, what a run logs, threads, the schedule, DDP (other files import make_char_data, tiny)
 
 
 def make_char_data(folder, text="abcdefgh" * 300):
@@ -803,6 +803,34 @@ def test_small_models_run_on_one_cpu_thread_unless_omp_num_threads_is_set(tmp_pa
         torch.set_num_threads(threads)
 
 
+def test_wsd_schedule():
+    cfg = TrainConfig(lr_schedule="wsd", learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=100, decay_frac=0.2)
+    assert get_lr(cfg, 0) == pytest.approx(1 / 11) and get_lr(cfg, 9) == pytest.approx(10 / 11)
+    assert get_lr(cfg, 10) == get_lr(cfg, 80) == 1.0
+    assert get_lr(cfg, 90) == pytest.approx(0.55) and get_lr(cfg, 100) == pytest.approx(0.1)
+
+
+def test_a_ddp_run_equals_the_plain_run_and_warns_nothing(tmp_path, monkeypatch):
+    """train.py under DDP (one gloo rank) keeps alpha_ma its own, with no FutureWarning about DDP's
+    settings (torch 2.13 deprecates broadcast_buffers for forward_sync_buffers)."""
+    data = make_char_data(tmp_path / "data")
+    plain = train(tiny(tmp_path, "plain", data, attn="affine", max_iters=4))
+    port = 29500 + os.getpid() % 1000
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ddp = train(tiny(tmp_path, "ddp", data, attn="affine", max_iters=4))
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert ddp["val_loss"] == pytest.approx(plain["val_loss"], abs=1e-6)
+    steps, ddp_steps = read_metrics(plain["out_dir"])[0], read_metrics(ddp["out_dir"])[0]
+    torch.testing.assert_close(torch.tensor([r["alpha_ma"] for r in ddp_steps]), torch.tensor([r["alpha_ma"] for r in steps]))
+
+
+# --------------------------------------------------------------------------------------------------
+# the attention statistics a run logs (train.attention_stats, GPT.attention_maps)
+
+
 def test_attention_stats_equal_the_full_maps_on_the_first_sequences(monkeypatch):
     """train.attention_stats, one layer at a time on the first STATS_TOKENS tokens, gives what every layer's
     full maps of those sequences give; qk_mag is the paper's Fig. 2 |QK^T|, not divided by sqrt(d_k)."""
@@ -844,6 +872,10 @@ def test_attention_maps_reduce_each_layer_before_the_next():
     assert sums == pytest.approx([m["weights"].sum().item() for m in model.attention_maps(batch()[0])])
 
 
+# --------------------------------------------------------------------------------------------------
+# knowledge distillation: the KD loss, and teachers that do not fit
+
+
 def test_kd_lowers_the_loss(tmp_path, capsys):
     data = make_char_data(tmp_path / "data")
     train(tiny(tmp_path, "teacher", data, n_embd=32, max_iters=40))
@@ -866,6 +898,33 @@ def test_kd_from_an_identical_teacher_is_zero(tmp_path, attn, reverse):
     assert abs(steps[0]["kd"]) < 1e-6
     assert steps[0]["loss"] == pytest.approx(0.5 * steps[0]["ce"], rel=1e-5)
     assert ("soft_ce" in steps[0]) == (not reverse)  # the soft-target cross-entropy of the forward KL only
+
+
+def test_teacher_mismatches_are_caught_before_training(tmp_path):
+    data = make_char_data(tmp_path / "data")
+    other_vocab = make_char_data(tmp_path / "data2", text="abcdefghij" * 200)
+    train(tiny(tmp_path, "teacher", other_vocab, max_iters=0))
+    with pytest.raises(ConfigError, match="another tokenizer.*teacher: character-level \\(10 characters\\), data: character-level \\(8"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "teacher")))
+    train(tiny(tmp_path, "short", data, block_size=8, max_iters=0))
+    with pytest.raises(ConfigError, match="block_size=8, smaller than the student's block_size=16"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "short")))
+    with pytest.raises(ConfigError, match="teacher='nowhere' is no file or directory.*gpt2-medium"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher="nowhere"))
+    assert not (tmp_path / "student").exists()
+
+
+def test_a_gpt2_teacher_on_char_data_is_caught(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    data = make_char_data(tmp_path / "data")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    hf.save_pretrained(tmp_path / "gpt2-tiny")  # a local GPT-2 directory: vocab and block fit, the tokenizer does not
+    with pytest.raises(ConfigError, match="another tokenizer.*teacher: GPT-2 BPE, data: character-level"):
+        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "gpt2-tiny")))
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints, resume and stopping
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -909,6 +968,10 @@ def test_a_huge_learning_rate_stops_the_run(tmp_path):
     with pytest.raises(NonFiniteLoss, match="non-finite"):
         train(tiny(tmp_path, learning_rate=1e30, grad_clip=0.0, max_iters=5, eval_interval=100))
     assert torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)["iter_num"] == 0  # the one written before training
+
+
+# --------------------------------------------------------------------------------------------------
+# settings: config files, overrides, missing data, and their errors
 
 
 def test_config_files_and_overrides(tmp_path):
@@ -958,34 +1021,20 @@ def test_missing_data_names_the_prepare_command(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_teacher_mismatches_are_caught_before_training(tmp_path):
-    data = make_char_data(tmp_path / "data")
-    other_vocab = make_char_data(tmp_path / "data2", text="abcdefghij" * 200)
-    train(tiny(tmp_path, "teacher", other_vocab, max_iters=0))
-    with pytest.raises(ConfigError, match="another tokenizer.*teacher: character-level \\(10 characters\\), data: character-level \\(8"):
-        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "teacher")))
-    train(tiny(tmp_path, "short", data, block_size=8, max_iters=0))
-    with pytest.raises(ConfigError, match="block_size=8, smaller than the student's block_size=16"):
-        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "short")))
-    with pytest.raises(ConfigError, match="teacher='nowhere' is no file or directory.*gpt2-medium"):
-        train(tiny(tmp_path, "student", data, loss="kd", teacher="nowhere"))
-    assert not (tmp_path / "student").exists()
+def test_every_config_file_loads(monkeypatch):
+    """Every setting in config/ is a TrainConfig field of the right type (the KD variants exec the softmax one)."""
+    repo = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.chdir(repo)
+    names = sorted(f for f in os.listdir("config") if f.endswith(".py") and not f.startswith("compare"))
+    configs = {name: load_config([os.path.join("config", name)], TrainConfig) for name in names}
+    assert configs["train_shakespeare_char_cpu.py"].n_embd == 128
+    for attn in ATTN_VARIANTS:
+        kd = configs[f"kd_shakespeare_char_{attn}.py"]
+        assert (kd.attn, kd.loss, kd.out_dir) == (attn, "kd", f"out-kd-shakespeare-char-{attn}")
 
 
-def test_a_gpt2_teacher_on_char_data_is_caught(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    data = make_char_data(tmp_path / "data")
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2))
-    hf.save_pretrained(tmp_path / "gpt2-tiny")  # a local GPT-2 directory: vocab and block fit, the tokenizer does not
-    with pytest.raises(ConfigError, match="another tokenizer.*teacher: GPT-2 BPE, data: character-level"):
-        train(tiny(tmp_path, "student", data, loss="kd", teacher=str(tmp_path / "gpt2-tiny")))
-
-
-def test_wsd_schedule():
-    cfg = TrainConfig(lr_schedule="wsd", learning_rate=1.0, min_lr=0.1, warmup_iters=10, max_iters=100, decay_frac=0.2)
-    assert get_lr(cfg, 0) == pytest.approx(1 / 11) and get_lr(cfg, 9) == pytest.approx(10 / 11)
-    assert get_lr(cfg, 10) == get_lr(cfg, 80) == 1.0
-    assert get_lr(cfg, 90) == pytest.approx(0.55) and get_lr(cfg, 100) == pytest.approx(0.1)
+# --------------------------------------------------------------------------------------------------
+# sampling (sample.py)
 
 
 def test_sample_decodes_with_the_char_meta(tmp_path):
@@ -1024,7 +1073,7 @@ def test_sample_from_a_local_gpt2_directory_decodes_bpe(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------
-# analysis and benchmark (analyze.py, bench.py)
+# analysis (analyze.py): each statistic on hand-made weights, then whole runs and their figures
 
 
 def causal_uniform(T):
@@ -1238,6 +1287,10 @@ def test_every_figure_names_its_paper_figure_in_words_with_one_colour_scale(tmp_
     assert figures["train_loss_end.png"]["title"] == "Fig. 10: the last 2/9 of training (the paper's steps 7k-9k of 9k)"
 
 
+# --------------------------------------------------------------------------------------------------
+# the benchmark (bench.py)
+
+
 def test_bench_table_has_a_row_per_variant_and_mode(capsys):
     records = bench.main(["--device=cpu", "--n_layer=1", "--n_head=2", "--n_embd=16", "--batch_size=1",
                           "--seq_lens=8", "--warmup=0", "--iters=1", "--compile=False"])
@@ -1249,20 +1302,8 @@ def test_bench_table_has_a_row_per_variant_and_mode(capsys):
     assert all(r["train_vs_softmax"] == 1.0 for r in records if r["variant"] == "softmax")
 
 
-def test_every_config_file_loads(monkeypatch):
-    """Every setting in config/ is a TrainConfig field of the right type (the KD variants exec the softmax one)."""
-    repo = os.path.dirname(os.path.abspath(__file__))
-    monkeypatch.chdir(repo)
-    names = sorted(f for f in os.listdir("config") if f.endswith(".py") and not f.startswith("compare"))
-    configs = {name: load_config([os.path.join("config", name)], TrainConfig) for name in names}
-    assert configs["train_shakespeare_char_cpu.py"].n_embd == 128
-    for attn in ATTN_VARIANTS:
-        kd = configs[f"kd_shakespeare_char_{attn}.py"]
-        assert (kd.attn, kd.loss, kd.out_dir) == (attn, "kd", f"out-kd-shakespeare-char-{attn}")
-
-
 # --------------------------------------------------------------------------------------------------
-# the variant comparison (compare.py)
+# the variant comparison (compare.py; test_compare imports hand_made_run)
 
 
 def hand_made_run(final_loss, val_loss, grads, n_tail=0, tail_loss=None):
