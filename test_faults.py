@@ -161,9 +161,10 @@ def test_a_config_file_that_fails_is_one_line_with_file_and_line(tmp_path, text,
     assert str(e.value) == f"config file {path}, {message}"
 
 
-@pytest.mark.parametrize("script", ["train.py", "analyze.py", "bench.py"])
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "eval.py", "compare.py", "analyze.py", "bench.py",
+                                    "data/shakespeare_char/prepare.py"])
 def test_help_into_a_closed_pipe_exits_quietly(script):
-    """python train.py --help | head -1: the reader is gone before the help is written."""
+    """python SCRIPT --help | head -1, for every script: the reader is gone before the help is written."""
     read, write = os.pipe()
     os.close(read)
     done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True)
