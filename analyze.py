@@ -403,6 +403,8 @@ class AnalyzeConfig:
 
 
 def main(argv):
+    if sum(arg.startswith("--ckpt=") for arg in argv) > 1:  # a later override would silently replace the earlier
+        raise ConfigError("--ckpt is given more than once; name the checkpoints in one, comma-separated: --ckpt=a,b")
     args = load_config(argv, AnalyzeConfig)
     ckpts = args.ckpt_list()
     run_dirs = [path if os.path.isdir(path) else os.path.dirname(path) or "." for path in ckpts]

@@ -1220,6 +1220,11 @@ def test_analyze_bad_input_is_a_clear_error(tmp_path, capsys):
         analyze.main([f"--ckpt={path}", f"--data_dir={tmp_path / 'nowhere'}"])
     with pytest.raises(ConfigError, match="^no --ckpt: give a train.py out_dir or checkpoint file, e.g. --ckpt="):
         analyze.main([f"--data_dir={tmp_path / 'tiny'}"])
+    with pytest.raises(ConfigError, match="^--ckpt is given more than once; name the checkpoints in one, comma-separated: "
+                                          "--ckpt=a,b$"):
+        analyze.main([f"--ckpt={path}", f"--ckpt={path}"])  # the old argparse habit would analyze only the last
+    with pytest.raises(ConfigError, match="^override '--ckpt' must be written --key=value$"):
+        analyze.main(["--ckpt", str(path)])
 
 
 def test_analysis_sequences_are_ten_seeded_random_windows_of_at_most_1024_tokens(tmp_path, capsys):
