@@ -24,7 +24,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.utils.checkpoint import checkpoint
 
-from common import ConfigError
+from configurator import ConfigError
 from model import GPT, GPTConfig
 
 # every rank gets the whole state, on the CPU (other ranks get {} where only rank 0 writes)
@@ -45,7 +45,7 @@ def decoder_layers(model):
     """The repeated layers of a student or teacher: our Blocks, or a Hugging Face decoder's layers."""
     if isinstance(model, GPT):
         return model.transformer.h
-    body = model.body  # common.HFTeacher
+    body = model.body  # pretrained.HFTeacher
     return body.layers if hasattr(body, "layers") else body.h  # LLaMA / Qwen2, GPT-2
 
 
@@ -225,7 +225,7 @@ def memory_per_gpu(cfg, vocab_size, teacher_shape, n_gpus=8, sharded=True, check
 
 def memory_table(n_gpus=8, repo=os.path.dirname(os.path.abspath(__file__))):
     """Markdown table of memory_per_gpu for CONFIGS: DDP, FSDP, FSDP with activation checkpointing."""
-    from common import load_config
+    from configurator import load_config
     from train import TrainConfig
     cols = ("weights", "grads", "adamw", "teacher", "activations", "loss", "total")
     lines = [f"| config (batch_size) | {n_gpus} GPUs | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]

@@ -45,7 +45,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
@@ -54,10 +53,10 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import parallel
-from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, cpu_threads,
-                    describe_tokenizers,
-                    find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
-                    read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
+from checkpoint import CheckpointError, hold_out_dir, load_teacher, read_checkpoint, read_jsonl, save_checkpoint
+from configurator import ConfigError, check_choice, check_device, check_types, cpu_threads, load_config
+from dataloader import EpochSampler, find_data, get_batch, prepare_default_data, read_meta, read_tokens, vocab_of
+from tokenizer import describe_tokenizers, tokenizer_of
 from model import GPT, GPTConfig
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
@@ -191,75 +190,6 @@ class TrainConfig:
             return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
-
-
-class EpochSampler:
-    """The windows of block_size + 1 tokens that start at multiples of block_size (every token is an input
-    once; a window's last token, a target, is the next one's first), each once per epoch, as appendix B.1's
-    "1 epoch" means. Each epoch is a new permutation of all windows, seeded by (seed, epoch); rank r of
-    world takes every world-th window of it, so the ranks' parts are disjoint (the last windows % world of
-    an epoch's order are left out, so that every rank has as many). The state is (epoch, windows taken):
-    a resume continues exactly where the run was. The permutation holds 8 bytes per window while it is
-    made (74 MB for the paper's 9.2M windows; up to ~1e8 windows, 800 MB, is fine)."""
-
-    def __init__(self, n_tokens, block_size, seed, rank=0, world=1):
-        self.windows = (n_tokens - 1) // block_size
-        self.per_rank = self.windows // world
-        if self.per_rank == 0:
-            raise ConfigError(f"train.bin holds {self.windows} windows of block_size={block_size}, fewer than the "
-                              f"{world} ranks; sampling='epoch' needs more data or a smaller block_size")
-        self.block_size, self.seed, self.rank, self.world = block_size, seed, rank, world
-        self.epoch, self.taken = 0, 0
-        self._order = self._order_epoch = None
-
-    def order(self):
-        """This rank's windows of the current epoch, in their shuffled order."""
-        if self._order_epoch != self.epoch:
-            perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.windows)
-            self._order, self._order_epoch = perm[self.rank::self.world][:self.per_rank].copy(), self.epoch
-        return self._order
-
-    def next_starts(self, n):
-        """The first token of each of the next n windows; a batch may finish one epoch and begin the next."""
-        parts = []
-        while n:
-            if self.taken == self.per_rank:
-                self.epoch, self.taken = self.epoch + 1, 0
-            k = min(n, self.per_rank - self.taken)
-            parts.append(self.order()[self.taken:self.taken + k])
-            self.taken, n = self.taken + k, n - k
-        return np.concatenate(parts) * self.block_size
-
-    def epochs_done(self):
-        """Epochs completed, as a fraction: 0.5 is half way through the first."""
-        return self.epoch + self.taken / self.per_rank
-
-    def get_state(self):
-        return {"epoch": self.epoch, "taken": self.taken, "windows": self.windows}
-
-    def set_state(self, state):
-        if state.get("windows") != self.windows:
-            raise ConfigError(f"the checkpoint's epochs are of {state.get('windows')} windows of train.bin, which now "
-                              f"has {self.windows}: the data changed; resume on the run's data")
-        self.epoch, self.taken = state["epoch"], state["taken"]
-
-
-def get_batch(data_dir, split, batch_size, block_size, sampler, device, meta=None):
-    """batch_size windows of block_size + 1 tokens, as inputs x and next-token targets y. sampler: a
-    torch.Generator draws random windows (with replacement), an EpochSampler the next ones of its epoch.
-    meta: the data's meta.json dict, which says how the ids are stored."""
-    # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
-    data = read_tokens(data_dir, split, meta)
-    if isinstance(sampler, EpochSampler):
-        ix = sampler.next_starts(batch_size)
-    else:
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=sampler).numpy()
-    xy = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    if device.startswith("cuda"):
-        xy = xy.pin_memory().to(device, non_blocking=True)  # the copy overlaps the work already queued
-    else:
-        xy = xy.to(device)
-    return xy[:, :-1], xy[:, 1:]
 
 
 def get_lr(cfg, it):
