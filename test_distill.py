@@ -461,7 +461,7 @@ def test_soft_ce_is_the_soft_target_cross_entropy_with_the_gradients_of_the_kl(c
 
 
 def caller():
-    """The name of the function that called the function calling this: the training loop or estimate_loss."""
+    """The name of the function that called the function calling this: train.optimizer_step or estimate_loss."""
     return sys._getframe(2).f_code.co_name
 
 
@@ -477,7 +477,7 @@ def test_an_iteration_averages_its_micro_steps_means(tmp_path, monkeypatch):
 
     def masked_get_batch(*args):
         x, y = real_get_batch(*args)
-        if caller() == "_train":
+        if caller() == "optimizer_step":
             if len(steps) % 2 == 0:
                 y = torch.where(masked_targets(y.shape, 0.75, seed=len(steps)) == -1, -1, y)
             steps.append((x, y))
@@ -528,7 +528,7 @@ def test_evaluation_draws_train_batches_of_its_own_the_same_every_time(tmp_path,
     train(cfg)
     evals = [x for who, split, x in drawn if who == "estimate_loss" and split == "train"]
     vals = [x for who, split, x in drawn if who == "estimate_loss" and split == "val"]
-    steps = [x for who, _, x in drawn if who == "_train"]
+    steps = [x for who, _, x in drawn if who == "optimizer_step"]
     assert len(evals) == len(vals) == 3 * 2 and len(steps) == 4  # evaluations at iters 0, 2, 4
     assert all(torch.equal(evals[i], evals[i % 2]) and torch.equal(vals[i], vals[i % 2]) for i in range(6))
     assert not any(torch.equal(e, s) for e in evals[:2] for s in steps)
