@@ -65,13 +65,20 @@ def check_writable(path, setting, folder=False):
     if os.path.exists(path) and os.path.isdir(path) != folder:
         raise ConfigError(f"{setting}={path!r} is a {'file' if folder else 'directory'}; give "
                           f"{'a directory' if folder else 'a file name'}")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(path)
     if not os.path.isdir(existing) and existing != os.path.abspath(path):
         raise ConfigError(f"{setting}={path!r} is below {existing}, which is a file, not a directory")
     if not os.access(existing, os.W_OK):
         raise ConfigError(f"{setting}={path!r}: {existing} is not writable")
+
+
+def nearest_existing(path):
+    """path, or else the nearest path above it that exists: the folder the missing ones would be made in, or a
+    file where a folder would have to be."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
 
 
 def make_dir(path, setting):
@@ -81,9 +88,7 @@ def make_dir(path, setting):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.exists(parent):
-            parent = os.path.dirname(parent)
+        parent = nearest_existing(os.path.dirname(os.path.abspath(path)))
         if not os.path.isdir(parent):
             raise ConfigError(f"{setting}={path!r} lies below {parent}, which is a file, not a directory") from None
         raise ConfigError(f"{setting}={path!r} cannot be made ({e.strerror}); choose another {setting}") from None
