@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from common import (DATA_ROOT, ConfigError, check_device, check_types, check_writable, load_config, load_model, read_jsonl,
-                    read_tokens)
+from checkpoint import load_model, read_jsonl
+from configurator import ConfigError, check_device, check_types, check_writable, load_config
+from dataloader import DATA_ROOT, read_tokens
 from model import linear_clipping
 
 LATE = 2 / 9  # Fig. 10's share of training: steps 7k-9k of 9k

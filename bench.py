@@ -30,11 +30,32 @@ from contextlib import nullcontext
 
 import torch
 
-from common import ConfigError, check_types, check_writable, find_data, load_config
-from model import ATTN_VARIANTS, GPT, GPTConfig, peak_flops
+from configurator import ConfigError, check_types, check_writable, load_config
+from dataloader import find_data
+from model import ATTN_VARIANTS, GPT, GPTConfig
 from train import NonFiniteLoss, TrainConfig, forward_loss, train
 
 MODES = ("eager", "fused", "compile")
+
+# Dense peak FLOP/s (no sparsity) of some GPUs, from NVIDIA's data sheets, for the two dtypes training runs
+# in: "bfloat16" (autocast) and "float32", whose matmuls run in TF32 (train.py and bench.py allow it).
+# The first entry whose words are all words of torch.cuda.get_device_name() wins.
+PEAK_FLOPS = {
+    "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
+    "H100 NVL": {"bfloat16": 835e12, "float32": 418e12},
+    "H100": {"bfloat16": 989e12, "float32": 495e12},  # SXM
+    "H200 NVL": {"bfloat16": 835e12, "float32": 418e12},
+    "H200": {"bfloat16": 989e12, "float32": 495e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "L4": {"bfloat16": 121e12, "float32": 60e12},
+}
+
+
+def peak_flops(device_name, dtype):
+    """PEAK_FLOPS of the GPU named device_name (e.g. "NVIDIA A100-SXM4-80GB") in dtype, None if unknown."""
+    words = set(device_name.replace("-", " ").split())
+    return next((peaks[dtype] for name, peaks in PEAK_FLOPS.items() if set(name.split()) <= words), None)
+
 
 # GPT-2 small on CUDA. On CPU a model small enough to finish in a few minutes, with GPT-2's head size of
 # 64 (the sink's extra feature costs relatively more in smaller heads) and a character-level vocabulary
@@ -500,7 +521,7 @@ def main(argv):
         torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name(device)
         peak = peak_flops(name, "bfloat16")
-        known = f"MFU against {peak / 1e12:.0f} TFLOP/s" if peak else "MFU: - (add its peak to model.PEAK_FLOPS)"
+        known = f"MFU against {peak / 1e12:.0f} TFLOP/s" if peak else "MFU: - (add its peak to bench.PEAK_FLOPS)"
         where = f"{name}, bf16 autocast, {known}"
     else:
         peak = None  # no MFU on CPU

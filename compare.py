@@ -42,11 +42,12 @@ import numpy as np
 import torch
 
 from analyze import grad_norm_stats, spike_count
-from model import ATTN_VARIANTS, param_overhead
-from common import (RUN_FILES, CheckpointError, ConfigError, check_device, check_types, checkpoint_path,
-                    describe_tokenizer, find_data, load_config, prepare_default_data, read_checkpoint, read_jsonl,
-                    tokenizer_of)
+from checkpoint import RUN_FILES, CheckpointError, checkpoint_path, read_checkpoint, read_jsonl
+from configurator import ConfigError, check_device, check_types, load_config
+from dataloader import find_data, prepare_default_data
 from eval import EvalConfig, check_tasks, evaluate
+from model import ATTN_VARIANTS, param_overhead
+from tokenizer import describe_tokenizer, tokenizer_of
 from train import NonFiniteLoss, TrainConfig, train
 
 

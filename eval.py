@@ -28,8 +28,10 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import (ConfigError, check_bin, check_choice, check_types, check_writable, describe_tokenizer, eot_token,
-                    get_tokenizer, hub_offline, hub_reachable, load_config, load_model, read_meta, read_tokens, tokenizer_of)
+from checkpoint import load_model
+from configurator import ConfigError, check_choice, check_types, check_writable, load_config
+from dataloader import check_bin, read_meta, read_tokens
+from tokenizer import describe_tokenizer, eot_token, get_tokenizer, hub_offline, hub_reachable, tokenizer_of
 
 try:
     from lm_eval.api.model import TemplateLM

@@ -18,6 +18,8 @@ just values of them:
   GPT-2           pos="learned", norm="layernorm", mlp="gelu", bias=True
   LLaMA-3.2       pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head < n_head, bias=False
   Qwen1.5 / 2     the same with qkv_bias=True
+PAPER_SHAPES at the end are the paper's three students (`python model.py` prints their parameter counts);
+pretrained.py loads Hugging Face weights into a GPT.
 """
 
 import math
@@ -441,7 +443,7 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilisation as in nanoGPT (PaLM appendix B), against peak_flops (see peak_flops()).
+        """Model FLOPs utilisation as in nanoGPT (PaLM appendix B), against peak_flops (see bench.peak_flops).
         6 FLOPs per token and matmul weight (2 forward, 4 backward): every Linear, so the variants' own
         projections (the gate's and alpha's W_a) and the block's shapes (SwiGLU's three matrices, GQA's
         narrower k and v, an untied lm_head) count as they are; 12 L H Q T for Q K^T and P V over all T
@@ -484,106 +486,6 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
         self.train(was_training)
         return idx
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir, **overrides):
-        """The weights of a Hugging Face GPT-2, LLaMA or Qwen2 causal LM: a hub name (gpt2, Qwen/Qwen1.5-0.5B,
-        meta-llama/Llama-3.2-1B, ...) or a local directory written by save_pretrained (works offline).
-        overrides set other GPTConfig fields (attn, fused, dropout, ...; block_size too for RoPE models); a
-        non-softmax attn keeps its extra parameters at their initial values."""
-        try:
-            from transformers import AutoModelForCausalLM
-        except ImportError:
-            raise ImportError("loading pretrained weights needs the optional package transformers: "
-                              "pip install transformers") from None
-        hf = AutoModelForCausalLM.from_pretrained(name_or_dir, trust_remote_code=False).float()  # never code shipped with it
-        shape = hf_shape(hf.config)
-        fixed = set(shape) - ({"block_size"} if shape.get("pos") == "rope" else set())
-        for key in fixed & set(overrides):
-            raise ValueError(f"{key} comes from the checkpoint {name_or_dir!r} and cannot be overridden")
-        model = cls(GPTConfig(**{**shape, **overrides}))
-        sd_hf = hf.state_dict()
-        ours = gpt2_state(sd_hf) if hf.config.model_type == "gpt2" else llama_state(sd_hf, model.config.n_layer)
-        sd = model.state_dict()
-        new = ("attn.sink", "attn.c_gate.", "attn.c_alpha.", "attn.alpha_ma")  # the variants' own, left at init
-        if model.config.tie_embeddings:
-            ours.pop("lm_head.weight", None)  # the same tensor as wte's
-            new += ("lm_head.weight",)
-        unfilled = [k for k in sd if k not in ours and not any(n in k for n in new)]
-        if unfilled:
-            raise ValueError(f"{name_or_dir!r} has no weights for {', '.join(unfilled[:3])}")
-        for key, value in ours.items():
-            sd[key].copy_(value)
-        return model
-
-
-def hf_shape(hc):
-    """The GPTConfig fields of a transformers config of GPT-2, LLaMA or Qwen2."""
-    if hc.model_type == "gpt2":
-        return dict(n_layer=hc.n_layer, n_head=hc.n_head, n_embd=hc.n_embd, block_size=hc.n_positions,
-                    vocab_size=hc.vocab_size, bias=True, norm_eps=hc.layer_norm_epsilon)
-    if hc.model_type not in ("llama", "qwen2"):
-        raise ValueError(f"model_type={hc.model_type!r} is not a GPT-2, LLaMA or Qwen2 checkpoint")
-    head_dim = getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads
-    if head_dim * hc.num_attention_heads != hc.hidden_size or hc.hidden_act != "silu" or getattr(hc, "mlp_bias", False) \
-            or getattr(hc, "use_sliding_window", False) or (hc.model_type == "llama" and hc.attention_bias):
-        raise ValueError(f"this {hc.model_type} checkpoint has a head_dim, activation, bias or sliding window "
-                         f"that the LLaMA / Qwen2 block of model.py does not have")
-    # transformers 5 keeps theta and LLaMA-3's scaling in rope_parameters, 4.x in rope_theta and rope_scaling
-    rope = dict(getattr(hc, "rope_parameters", None) or getattr(hc, "rope_scaling", None) or {})
-    theta = rope.pop("rope_theta", None) or getattr(hc, "rope_theta", 10000.0)
-    scaled = rope.get("rope_type", rope.get("type")) not in (None, "default")
-    return dict(n_layer=hc.num_hidden_layers, n_head=hc.num_attention_heads, n_kv_head=hc.num_key_value_heads,
-                n_embd=hc.hidden_size, block_size=hc.max_position_embeddings, vocab_size=hc.vocab_size, bias=False,
-                qkv_bias=hc.model_type == "qwen2", pos="rope", rope_theta=float(theta),
-                rope_scaling=rope if scaled else None, norm="rmsnorm", norm_eps=hc.rms_norm_eps, mlp="swiglu",
-                mlp_hidden=hc.intermediate_size, tie_embeddings=hc.tie_word_embeddings)
-
-
-def gpt2_state(sd_hf):
-    """Our names are GPT-2's; it stores four matmuls as Conv1D (in, out), where nn.Linear wants (out, in)."""
-    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    return {k: v.t() if k.endswith(transposed) else v for k, v in sd_hf.items()
-            if not k.endswith((".attn.masked_bias", ".attn.bias"))}  # causal-mask buffers of older versions
-
-
-def llama_state(sd_hf, n_layer):
-    """LLaMA / Qwen2 names to ours: q, k, v stacked into c_attn, SwiGLU's gate and up into c_fc."""
-    ours = {"transformer.wte.weight": sd_hf["model.embed_tokens.weight"],
-            "transformer.ln_f.weight": sd_hf["model.norm.weight"]}
-    if "lm_head.weight" in sd_hf:
-        ours["lm_head.weight"] = sd_hf["lm_head.weight"]
-    for i in range(n_layer):
-        hf, h = f"model.layers.{i}.", f"transformer.h.{i}."
-        ours[h + "ln_1.weight"] = sd_hf[hf + "input_layernorm.weight"]
-        ours[h + "ln_2.weight"] = sd_hf[hf + "post_attention_layernorm.weight"]
-        for kind in ("weight", "bias"):
-            if hf + f"self_attn.q_proj.{kind}" in sd_hf:
-                ours[h + f"attn.c_attn.{kind}"] = torch.cat([sd_hf[hf + f"self_attn.{p}_proj.{kind}"] for p in "qkv"])
-        ours[h + "attn.c_proj.weight"] = sd_hf[hf + "self_attn.o_proj.weight"]
-        ours[h + "mlp.c_fc.weight"] = torch.cat([sd_hf[hf + "mlp.gate_proj.weight"], sd_hf[hf + "mlp.up_proj.weight"]])
-        ours[h + "mlp.c_proj.weight"] = sd_hf[hf + "mlp.down_proj.weight"]
-    return ours
-
-
-# Dense peak FLOP/s (no sparsity) of some GPUs, from NVIDIA's data sheets, for the two dtypes training runs
-# in: "bfloat16" (autocast) and "float32", whose matmuls run in TF32 (train.py and bench.py allow it).
-# The first entry whose words are all words of torch.cuda.get_device_name() wins.
-PEAK_FLOPS = {
-    "H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
-    "H100 NVL": {"bfloat16": 835e12, "float32": 418e12},
-    "H100": {"bfloat16": 989e12, "float32": 495e12},  # SXM
-    "H200 NVL": {"bfloat16": 835e12, "float32": 418e12},
-    "H200": {"bfloat16": 989e12, "float32": 495e12},
-    "A100": {"bfloat16": 312e12, "float32": 156e12},
-    "L4": {"bfloat16": 121e12, "float32": 60e12},
-}
-
-
-def peak_flops(device_name, dtype):
-    """PEAK_FLOPS of the GPU named device_name (e.g. "NVIDIA A100-SXM4-80GB") in dtype, None if unknown."""
-    words = set(device_name.replace("-", " ").split())
-    return next((peaks[dtype] for name, peaks in PEAK_FLOPS.items() if set(name.split()) <= words), None)
 
 
 def param_overhead(config):

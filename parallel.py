@@ -8,27 +8,90 @@ Training beyond one GPU, in one place: how train.py spreads a run over torchrun'
                      forward and backward only, its gradients reduce-scattered back to the shards.
   teacher_fsdp=True  the frozen teacher sharded the same way, forward only.
 
-Also here: activation checkpointing per Block, the full checkpoint gathered on rank 0, and the memory per
-GPU of the paper's configs, which `python parallel.py` prints (docs/distributed.md has the table).
+train.py calls process_group (one rank's device and process group) and set_up (the student and teacher
+placed, sharded, compiled and wrapped for the run) and nothing else to set any of it up. Also here:
+activation checkpointing per Block, the full checkpoint gathered on rank 0, and the memory per GPU of the
+paper's configs, which `python parallel.py` prints (docs/distributed.md has the table).
 """
 
 import functools
+import inspect
 import os
 import sys
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
-from common import ConfigError
+from checkpoint import load_teacher
+from configurator import ConfigError
 from model import GPT, GPTConfig
 
 # every rank gets the whole state, on the CPU (other ranks get {} where only rank 0 writes)
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+@contextmanager
+def process_group(device):
+    """One rank of a torchrun launch, inside the with statement: its device (cuda:LOCAL_RANK on CUDA, as
+    device says) with the process group set up (NCCL on CUDA, gloo elsewhere) and destroyed at the end."""
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    own_group = not dist.is_initialized()  # a caller's process group (several runs in one launch) is used as it is
+    if own_group:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield device
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def set_up(model, cfg, device, ddp, meta):
+    """(teacher, compiled, runner, ctx) for training model, a GPT on the CPU, as TrainConfig cfg says:
+    model moved to device, with activation checkpointing and under FSDP sharded (in place); the teacher
+    (None without one) loaded for the data meta describes, whole or sharded; compiled, model compiled if
+    cfg.compile, which evaluations run; runner, which training runs: compiled, wrapped in DDP under DDP;
+    ctx, the bf16 autocast on CUDA (nullcontext under FSDP, whose mixed precision casts instead, and on
+    CPU and MPS). ddp: whether this is one rank of a torchrun launch (process_group)."""
+    fsdp = ddp and cfg.fsdp
+    device_type = device.split(":")[0]
+    if cfg.activation_checkpointing:
+        checkpoint_blocks(model)
+    model.to(device)
+    mp_policy = mixed_precision(device, cfg.dtype)
+    if fsdp:
+        shard(model, mp_policy)
+    teacher = None
+    if cfg.loss == "kd":
+        shard_teacher = ddp and cfg.teacher_fsdp
+        teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile and not shard_teacher)
+        if shard_teacher or fsdp:
+            teacher = prepare_teacher(teacher, shard_teacher, mp_policy, cfg.compile)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    use_bf16 = device_type == "cuda" and cfg.dtype == "bfloat16"
+    if use_bf16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError("dtype='bfloat16' but this GPU has no bfloat16; allowed here: float32")
+    ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 and not fsdp else nullcontext()
+    compiled = torch.compile(model) if cfg.compile else model
+    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
+    # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
+    # buffers before every forward, which is off: it would overwrite the other ranks' gathered means of alpha.
+    # torch 2.13 calls that setting forward_sync_buffers (and warns about broadcast_buffers, its old name,
+    # which also skipped the sync at set-up, where every rank's buffers are equal anyway).
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
+    runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
+                 **{no_sync: False}) if ddp and not fsdp else compiled
+    return teacher, compiled, runner, ctx
 
 
 def mixed_precision(device, dtype):
@@ -45,7 +108,7 @@ def decoder_layers(model):
     """The repeated layers of a student or teacher: our Blocks, or a Hugging Face decoder's layers."""
     if isinstance(model, GPT):
         return model.transformer.h
-    body = model.body  # common.HFTeacher
+    body = model.body  # pretrained.HFTeacher
     return body.layers if hasattr(body, "layers") else body.h  # LLaMA / Qwen2, GPT-2
 
 
@@ -225,7 +288,7 @@ def memory_per_gpu(cfg, vocab_size, teacher_shape, n_gpus=8, sharded=True, check
 
 def memory_table(n_gpus=8, repo=os.path.dirname(os.path.abspath(__file__))):
     """Markdown table of memory_per_gpu for CONFIGS: DDP, FSDP, FSDP with activation checkpointing."""
-    from common import load_config
+    from configurator import load_config
     from train import TrainConfig
     cols = ("weights", "grads", "adamw", "teacher", "activations", "loss", "total")
     lines = [f"| config (batch_size) | {n_gpus} GPUs | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from common import ConfigError, check_types, cpu_threads, get_tokenizer, load_config, load_model
+from checkpoint import load_model
+from configurator import ConfigError, check_types, cpu_threads, load_config
+from tokenizer import get_tokenizer
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import compare as compare_module
-from common import ConfigError, load_config
+from configurator import ConfigError, load_config
 from compare import CompareConfig, compare, lr_sweep, markdown, name, sweep_markdown, table_rows, teacher_record
 from eval import EvalConfig, evaluate
 from test_model import REPO, hand_made_run, make_char_data

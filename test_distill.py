@@ -16,10 +16,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-import common
+import dataloader
+import pretrained
+import tokenizer
 import train as train_module
-from common import (ConfigError, describe_tokenizer, find_data, get_tokenizer, load_config, load_teacher, tokenizer_of,
-                    write_data)
+from checkpoint import load_teacher
+from configurator import ConfigError, load_config
+from dataloader import find_data, write_data
+from tokenizer import describe_tokenizer, get_tokenizer, tokenizer_of
 from compare import read_metrics
 from model import GPT, PAPER_SHAPES, GPTConfig, rope_frequencies
 from sample import SampleConfig, sample
@@ -40,7 +44,7 @@ def load_script(path):
 def gpt2_bpe_or_skip():
     """tiktoken downloads the GPT-2 BPE files once: without network or a TIKTOKEN_CACHE_DIR holding them, skip."""
     try:
-        common.gpt2_encoding()
+        tokenizer.gpt2_encoding()
     except ConfigError as e:
         pytest.skip(f"needs the GPT-2 BPE files: {e}")
 
@@ -112,7 +116,7 @@ def tiny(tmp_path, data, **kw):
 
 
 def test_prepare_with_a_hugging_face_tokenizer(teacher_dir, bpe_data):
-    meta = common.read_meta(bpe_data)
+    meta = dataloader.read_meta(bpe_data)
     assert (meta["vocab_size"], meta["tokenizer"], meta["dtype"]) == (400, teacher_dir, "uint16")
     train_ids = np.fromfile(os.path.join(bpe_data, "train.bin"), dtype=np.uint16).tolist()
     val_ids = np.fromfile(os.path.join(bpe_data, "val.bin"), dtype=np.uint16).tolist()
@@ -126,10 +130,10 @@ def test_prepare_with_a_hugging_face_tokenizer(teacher_dir, bpe_data):
 
 
 def test_tokenizers_compare_by_their_vocabulary(teacher_dir, tmp_path):
-    meta = common.open_tokenizer(teacher_dir)[0]
+    meta = tokenizer.open_tokenizer(teacher_dir)[0]
     copy = shutil.copytree(teacher_dir, tmp_path / "copy")  # the same tokenizer elsewhere: the same ids
-    assert tokenizer_of(common.open_tokenizer(str(copy))[0]) == tokenizer_of(meta)
-    other = common.open_tokenizer(save_bpe(tmp_path / "other", vocab_size=300))[0]
+    assert tokenizer_of(tokenizer.open_tokenizer(str(copy))[0]) == tokenizer_of(meta)
+    other = tokenizer.open_tokenizer(save_bpe(tmp_path / "other", vocab_size=300))[0]
     assert tokenizer_of(other) != tokenizer_of(meta) and other["vocab_size"] == 300
     assert tokenizer_of({"vocab_size": 50257, "encoding": "r50k_base"}) == tokenizer_of(None) == "gpt2"
 
@@ -138,12 +142,12 @@ def test_an_unknown_tokenizer_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=f"tokenizer='{tmp_path}' is a directory without a Hugging Face tokenizer \\(no "
                                           f"tokenizer.json or tokenizer_config.json, which tokenizer.save_pretrained "
                                           f"writes\\); nor is it a tiktoken encoding \\(gpt2, r50k_base, .*cl100k_base"):
-        common.open_tokenizer(str(tmp_path))
+        tokenizer.open_tokenizer(str(tmp_path))
 
 
 def test_a_hugging_face_tokenizer_separates_documents_with_its_eos(teacher_dir):
-    meta, encode_batch, separator = common.open_tokenizer(teacher_dir)
-    ids = list(common.encode_docs(["To be,", "or not <|endoftext|>"], encode_batch, separator))
+    meta, encode_batch, separator = tokenizer.open_tokenizer(teacher_dir)
+    ids = list(dataloader.encode_docs(["To be,", "or not <|endoftext|>"], encode_batch, separator))
     eot = ids[0][0]
     assert [seq[0] for seq in ids] == [eot, eot] and eot == get_tokenizer(meta)[0]("<|endoftext|>")[0]
     assert eot not in ids[1][1:]  # the text "<|endoftext|>" inside a document stays text
@@ -161,7 +165,7 @@ def test_encoding_documents_longer_than_the_model_context_does_not_warn(tmp_path
     handler.emit = records.append
     logging.getLogger("transformers").addHandler(handler)
     try:
-        encode_batch = common.open_tokenizer(folder)[1]
+        encode_batch = tokenizer.open_tokenizer(folder)[1]
         text = "To be, or not to be, that is the question. " * 20
         assert len(encode_batch([text])[0]) > 16 and records == []
         AutoTokenizer.from_pretrained(folder)([text])  # the plain call does warn: the handler sees it
@@ -218,7 +222,7 @@ def corrupt(folder, how):
             f.write("not JSON")
         return meta_json
     elif how == "vocab beyond dtype":
-        common.write_meta(folder, {**common.read_meta(folder), "vocab_size": 70_000})
+        dataloader.write_meta(folder, {**dataloader.read_meta(folder), "vocab_size": 70_000})
         return meta_json
     elif how == "no meta":
         open(os.path.join(folder, "prepare.py"), "w").close()  # a dataset folder: its prepare.py writes meta.json
@@ -263,7 +267,7 @@ def test_c4_offline_fails_at_once_with_one_line(monkeypatch, capsys):
 def test_hf_teacher_logits_equal_transformers(teacher_dir, bpe_data):
     from transformers import AutoModelForCausalLM
 
-    meta = common.read_meta(bpe_data)
+    meta = dataloader.read_meta(bpe_data)
     teacher = load_teacher(teacher_dir, "cpu", meta, block_size=64)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert next(teacher.parameters()).dtype == torch.float32
@@ -287,7 +291,7 @@ def test_kd_from_a_hugging_face_teacher_lowers_the_loss(teacher_dir, bpe_data, t
     assert torch.load(os.path.join(result["out_dir"], "ckpt.pt"), weights_only=True)["model_args"]["vocab_size"] == 400
     # the student's checkpoint carries the data's meta: sample.py decodes with the Hugging Face tokenizer
     [text] = sample(SampleConfig(init_from=result["out_dir"], start="ROMEO:", num_samples=1, max_new_tokens=8, device="cpu"))
-    assert text.startswith("ROMEO:") and len(get_tokenizer(common.read_meta(bpe_data))[0](text)) >= 9
+    assert text.startswith("ROMEO:") and len(get_tokenizer(dataloader.read_meta(bpe_data))[0](text)) >= 9
 
 
 def test_bad_teachers_are_refused_before_training(teacher_dir, bpe_data, tmp_path):
@@ -314,9 +318,9 @@ def test_a_teacher_whose_logits_are_not_its_lm_head_is_refused(teacher_dir, bpe_
     def capped(self, idx, return_hidden=False):
         return 30 * torch.tanh(self.lm_head(self.body(input_ids=idx).last_hidden_state) / 30)
 
-    monkeypatch.setattr(common.HFTeacher, "forward", capped)
+    monkeypatch.setattr(pretrained.HFTeacher, "forward", capped)
     with pytest.raises(ConfigError, match=r"computes its logits otherwise than lm_head\(last hidden state\)"):
-        load_teacher(teacher_dir, "cpu", common.read_meta(bpe_data), block_size=32)
+        load_teacher(teacher_dir, "cpu", dataloader.read_meta(bpe_data), block_size=32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,7 +461,7 @@ def test_soft_ce_is_the_soft_target_cross_entropy_with_the_gradients_of_the_kl(c
 
 
 def caller():
-    """The name of the function that called the function calling this: the training loop or estimate_loss."""
+    """The name of the function that called the function calling this: train.optimizer_step or estimate_loss."""
     return sys._getframe(2).f_code.co_name
 
 
@@ -473,7 +477,7 @@ def test_an_iteration_averages_its_micro_steps_means(tmp_path, monkeypatch):
 
     def masked_get_batch(*args):
         x, y = real_get_batch(*args)
-        if caller() == "_train":
+        if caller() == "optimizer_step":
             if len(steps) % 2 == 0:
                 y = torch.where(masked_targets(y.shape, 0.75, seed=len(steps)) == -1, -1, y)
             steps.append((x, y))
@@ -524,12 +528,12 @@ def test_evaluation_draws_train_batches_of_its_own_the_same_every_time(tmp_path,
     train(cfg)
     evals = [x for who, split, x in drawn if who == "estimate_loss" and split == "train"]
     vals = [x for who, split, x in drawn if who == "estimate_loss" and split == "val"]
-    steps = [x for who, _, x in drawn if who == "_train"]
+    steps = [x for who, _, x in drawn if who == "optimizer_step"]
     assert len(evals) == len(vals) == 3 * 2 and len(steps) == 4  # evaluations at iters 0, 2, 4
     assert all(torch.equal(evals[i], evals[i % 2]) and torch.equal(vals[i], vals[i % 2]) for i in range(6))
     assert not any(torch.equal(e, s) for e in evals[:2] for s in steps)
     generator = torch.Generator().manual_seed(cfg.seed)
-    assert all(torch.equal(vals[i], get_batch(data, "val", 8, 32, generator, "cpu", common.read_meta(data))[0]) for i in range(2))
+    assert all(torch.equal(vals[i], get_batch(data, "val", 8, 32, generator, "cpu", dataloader.read_meta(data))[0]) for i in range(2))
 
 
 def test_bench_measures_the_loss_memory_against_loss_chunk(capsys, tmp_path):

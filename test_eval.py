@@ -19,8 +19,8 @@ import datasets
 import lm_eval
 from lm_eval.api.instance import Instance
 
-import common
-from common import ConfigError
+import dataloader
+from configurator import ConfigError
 from compare import CompareConfig, compare
 from eval import PAPER_TASKS, EvalConfig, GPTLM, check_tasks, columns, evaluate, export_tasks, perplexity
 from model import ATTN_VARIANTS
@@ -192,7 +192,7 @@ def test_local_tasks_through_simple_evaluate_equal_accuracy_and_perplexity_by_ha
 def char_data(folder, text="the cat sat on the mat. is it? no.\n" * 20):
     os.makedirs(folder, exist_ok=True)
     np.array([STOI[c] for c in text], dtype=np.uint16).tofile(os.path.join(folder, "val.bin"))
-    common.write_meta(str(folder), META)
+    dataloader.write_meta(str(folder), META)
     return str(folder)
 
 

@@ -11,9 +11,13 @@ import time
 import pytest
 import torch
 
-import common
+import checkpoint
+import configurator
+import dataloader
+import tokenizer
 import train as train_module
-from common import CheckpointError, ConfigError, read_jsonl
+from checkpoint import CheckpointError, read_jsonl
+from configurator import ConfigError
 from test_model import load_script, make_char_data, tiny
 from test_runs import same_weights, weights
 from train import Interrupted, TrainConfig, train
@@ -141,10 +145,10 @@ def test_a_checkpoint_error_is_printed_after_the_progress_bar_is_closed(tmp_path
 
 def test_max_iters_alone_carries_the_cosine_decay():
     """lr_decay_iters=0 (the default, and what the configs leave) is max_iters: a shorter run still ends at min_lr."""
-    cfg = common.load_config(["config/train_shakespeare_char_cpu.py", "--max_iters=200"], TrainConfig)
+    cfg = configurator.load_config(["config/train_shakespeare_char_cpu.py", "--max_iters=200"], TrainConfig)
     assert (cfg.lr_decay_iters, train_module.get_lr(cfg, 200)) == (0, cfg.min_lr)
     assert train_module.get_lr(cfg, 150) > cfg.min_lr
-    cfg = common.load_config(["config/train_shakespeare_char_cpu.py", "--max_iters=200", "--lr_decay_iters=400"], TrainConfig)
+    cfg = configurator.load_config(["config/train_shakespeare_char_cpu.py", "--max_iters=200", "--lr_decay_iters=400"], TrainConfig)
     assert train_module.get_lr(cfg, 200) > cfg.min_lr  # given, it is kept
 
 
@@ -157,7 +161,7 @@ def test_a_config_file_that_fails_is_one_line_with_file_and_line(tmp_path, text,
     path = tmp_path / "bad.py"
     path.write_text(text)
     with pytest.raises(ConfigError) as e:  # which train.py prints as its one line
-        common.load_config([str(path)], TrainConfig)
+        configurator.load_config([str(path)], TrainConfig)
     assert str(e.value) == f"config file {path}, {message}"
 
 
@@ -242,10 +246,10 @@ def test_swapped_characters_say_the_mappings_differ(tmp_path):
     data = make_char_data(tmp_path / "data")
     train(tiny(tmp_path, "teacher", data, max_iters=1))
     swapped = data  # prepared again, with two characters swapped
-    meta = common.read_meta(swapped)
+    meta = dataloader.read_meta(swapped)
     meta["stoi"].update(a=1, b=0)
     meta["itos"].update({0: "b", 1: "a"})
-    common.write_meta(swapped, meta)
+    dataloader.write_meta(swapped, meta)
     with pytest.raises(ConfigError, match="another tokenizer than the data; teacher: character-level \\(8 characters, "
                                           "'a' is id 0: the mappings differ\\), data: character-level \\(8 characters, 'a' is id 1\\)$"):
         train(tiny(tmp_path, "student", swapped, loss="kd", teacher=str(tmp_path / "teacher")))
@@ -260,7 +264,7 @@ def test_a_corrupt_checkpoint_names_the_other_one_beside_it(tmp_path):
     out = tmp_path / "out"
     (out / "best.pt").write_bytes(b"not a zip")
     with pytest.raises(ConfigError, match=f"; the run's last checkpoint {out / 'ckpt.pt'} is beside it: load that file instead$"):
-        common.load_model(str(out / "best.pt"))
+        checkpoint.load_model(str(out / "best.pt"))
     (out / "best.pt").write_bytes((out / "ckpt.pt").read_bytes())
     (out / "ckpt.pt").write_bytes(b"not a zip")
     hint = f"the run's best checkpoint {out / 'best.pt'} is beside it: load that file instead, or copy it to {out / 'ckpt.pt'}"
@@ -284,15 +288,15 @@ def test_a_mistyped_teacher_path_is_missing_not_a_hub_name(tmp_path, monkeypatch
 
 def test_a_deleted_tokenizer_directory_is_missing_not_needing_the_hub(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(common, "hub_reachable", lambda: False)
+    monkeypatch.setattr(tokenizer, "hub_reachable", lambda: False)
     gone = str(tmp_path / "tokenizer")
     with pytest.raises(ConfigError, match=f"^tokenizer='{gone}' does not exist \\(a local path, not a Hugging Face hub name\\): "
                                           "deleted, moved or mistyped$"):
-        common.get_tokenizer({"vocab_size": 10, "tokenizer": gone, "vocab_hash": "0"})
+        tokenizer.get_tokenizer({"vocab_size": 10, "tokenizer": gone, "vocab_hash": "0"})
     os.mkdir(gone)
     with pytest.raises(ConfigError, match=f"^tokenizer='{gone}' is a directory without a Hugging Face tokenizer \\(no "
                                           "tokenizer.json or tokenizer_config.json, which tokenizer.save_pretrained writes\\)"):
-        common.hf_tokenizer(gone)
+        tokenizer.hf_tokenizer(gone)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,7 +318,7 @@ def test_every_prepare_script_has_a_help(monkeypatch):
     for name in PREPARE[1:]:
         module = load_script(f"data/{name}/prepare.py")
         monkeypatch.setitem(sys.modules, module.__name__, module)
-        assert "\n  --out_dir=''  " in common.settings_help(module.PrepareConfig)
+        assert "\n  --out_dir=''  " in configurator.settings_help(module.PrepareConfig)
 
 
 @pytest.mark.parametrize("name", ["shakespeare_char", "shakespeare"])
@@ -328,7 +332,7 @@ def test_a_missing_or_binary_input_is_one_line(tmp_path, name):
         module.main(str(binary), out)
     with pytest.raises(ConfigError, match=f"^'{binary}' is not a config file \\(python, .py\\); settings are written "
                                           "--key=value \\(see --help\\)$"):  # not --input=: read as a config file
-        common.load_config([str(binary)], module.PrepareConfig)
+        configurator.load_config([str(binary)], module.PrepareConfig)
     assert not (tmp_path / "out").exists()
 
 
@@ -351,7 +355,7 @@ def test_a_file_size_limit_while_preparing_leaves_the_data_as_it_was(tmp_path):
 
 
 def test_fineweb_checks_its_token_counts_before_the_hub(monkeypatch):
-    monkeypatch.setattr(common, "hub_reachable", lambda: pytest.fail("the hub was asked first"))
+    monkeypatch.setattr(tokenizer, "hub_reachable", lambda: pytest.fail("the hub was asked first"))
     prep = load_script("data/fineweb_edu/prepare.py")
     with pytest.raises(ConfigError, match="^need 0 < val_tokens < num_tokens, got val_tokens=10, num_tokens=5$"):
         prep.main(["--val_tokens=10", "--num_tokens=5"])

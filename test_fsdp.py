@@ -15,7 +15,7 @@ import torch
 
 import parallel
 import train as train_module
-from common import load_model, read_checkpoint, read_jsonl
+from checkpoint import load_model, read_checkpoint, read_jsonl
 from eval import EvalConfig, evaluate
 from model import GPT, GPTConfig, param_overhead
 from sample import SampleConfig, sample
@@ -344,7 +344,7 @@ def test_activation_bytes_are_what_autograd_keeps(attn, shape):
 def test_memory_per_gpu_follows_the_counted_parameters(capsys):
     """Every byte count of the weights, gradients, AdamW state and teacher comes from parameters counted on
     the meta device, as model.param_overhead counts them; `python parallel.py` prints the table."""
-    from common import load_config
+    from configurator import load_config
     counted = {name: param_overhead(GPTConfig(**shape))[0] for name, (shape, _) in parallel.TEACHERS.items()}
     assert {k: round(v / 1e9, 2) for k, v in counted.items()} == {  # the published sizes
         "Qwen/Qwen1.5-1.8B": 1.84, "meta-llama/Llama-3.2-3B": 3.21, "meta-llama/Llama-3.1-8B": 8.03,

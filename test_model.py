@@ -23,12 +23,15 @@ import analyze
 import bench
 import compare as compare_module
 import train as train_module
-from common import load_config
+from configurator import load_config
 from compare import CompareConfig, compare, markdown, read_metrics, run_config, table_rows
 from model import ATTN_VARIANTS, GPT, PAPER_SHAPES, GPTConfig, linear_clipping, param_overhead
 from sample import SampleConfig, sample
-import common
-from common import ConfigError
+import configurator
+import dataloader
+import pretrained
+import tokenizer
+from configurator import ConfigError
 from train import NonFiniteLoss, TrainConfig, attention_stats, get_lr, train
 
 
@@ -445,7 +448,7 @@ def test_from_pretrained_matches_transformers(tmp_path, attn):
     hf_config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=61)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
     hf.save_pretrained(tmp_path)
-    model = GPT.from_pretrained(str(tmp_path), attn=attn).eval()
+    model = pretrained.load_gpt(str(tmp_path), attn=attn).eval()
     x = torch.randint(0, 61, (2, 24))
     with torch.no_grad():
         expected = hf(x).logits
@@ -483,7 +486,7 @@ def test_from_pretrained_llama_and_qwen2_match_transformers(tmp_path, kind, fuse
     torch.manual_seed(0)
     hf = tiny_hf(transformers, kind)
     hf.save_pretrained(tmp_path)
-    model = GPT.from_pretrained(str(tmp_path), fused=fused).eval()
+    model = pretrained.load_gpt(str(tmp_path), fused=fused).eval()
     assert (model.config.n_kv_head, model.config.qkv_bias) == (2, kind == "qwen2")
     assert (model.config.rope_scaling is not None) == (kind == "llama")
     x = torch.randint(0, 53, (2, 24))
@@ -501,18 +504,18 @@ def test_from_pretrained_llama_with_a_variant_keeps_the_weights(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     tiny_hf(transformers, "llama").save_pretrained(tmp_path)
-    model = GPT.from_pretrained(str(tmp_path), attn="affine_gated", block_size=16)
-    plain = GPT.from_pretrained(str(tmp_path))
+    model = pretrained.load_gpt(str(tmp_path), attn="affine_gated", block_size=16)
+    plain = pretrained.load_gpt(str(tmp_path))
     assert model.config.block_size == 16 and model.transformer.h[0].attn.alpha_ma.abs().sum() == 0
     torch.testing.assert_close(model.transformer.h[1].attn.c_attn.weight, plain.transformer.h[1].attn.c_attn.weight)
     with pytest.raises(ValueError, match="n_layer comes from the checkpoint"):
-        GPT.from_pretrained(str(tmp_path), n_layer=3)
+        pretrained.load_gpt(str(tmp_path), n_layer=3)
 
 
 def test_from_pretrained_without_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # makes the import fail
     with pytest.raises(ImportError, match="pip install transformers"):
-        GPT.from_pretrained("gpt2")
+        pretrained.load_gpt("gpt2")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -623,7 +626,7 @@ def gpt2_encoding_or_skip(name):
         pytest.skip(f"tiktoken encoding {name!r} not available offline: {e}")
 
 
-# a stand-in for common.open_tokenizer's (meta, encode_batch, separator): one token per UTF-8 byte, 256 separates
+# a stand-in for tokenizer.open_tokenizer's (meta, encode_batch, separator): one token per UTF-8 byte, 256 separates
 BYTES = ({"vocab_size": 257, "encoding": "bytes"}, lambda texts: [list(t.encode("utf-8")) for t in texts], 256)
 
 
@@ -634,7 +637,7 @@ def test_char_prepare_round_trip(tmp_path):
     src.write_text(text, encoding="utf-8")
     meta = prep.main(str(src), out_dir=str(tmp_path))
 
-    assert common.read_meta(str(tmp_path)) == meta and os.listdir(tmp_path).count("meta.json") == 1
+    assert dataloader.read_meta(str(tmp_path)) == meta and os.listdir(tmp_path).count("meta.json") == 1
     assert meta["dtype"] == "uint16" and meta["tokens"] == {"train": int(0.9 * len(text)), "val": len(text) - int(0.9 * len(text))}
     assert meta["vocab_size"] == len(set(text)) == len(meta["itos"]) == len(meta["stoi"])
     assert all(meta["stoi"][meta["itos"][i]] == i for i in range(meta["vocab_size"]))
@@ -662,7 +665,7 @@ def test_bpe_prepare(tmp_path):
     src.write_text(SAMPLE_TEXT, encoding="utf-8")
     prep.main(str(src), out_dir=str(tmp_path))
 
-    meta = common.read_meta(str(tmp_path))
+    meta = dataloader.read_meta(str(tmp_path))
     assert meta["vocab_size"] == 50257 and meta["encoding"] == prep.ENCODING and meta["dtype"] == "uint16"
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
@@ -686,7 +689,7 @@ def test_fineweb_write_bins_eot_and_counts(tmp_path):
     assert val == [256] + list(b"abc")
     assert train == [256] + list(b"hello") + [256] + list(b"xy") + [256] + list(b"0123456789")
     assert train.count(256) == 3  # one <|endoftext|> before each document
-    assert common.read_meta(str(tmp_path)) == {"vocab_size": 257, "encoding": "bytes", "dtype": "uint16", "tokens": {"val": 4, "train": 20}}
+    assert dataloader.read_meta(str(tmp_path)) == {"vocab_size": 257, "encoding": "bytes", "dtype": "uint16", "tokens": {"val": 4, "train": 20}}
 
 
 def test_fineweb_write_bins_stops_at_num_tokens(tmp_path):
@@ -720,11 +723,11 @@ def test_fineweb_write_bins_gpt2(tmp_path):
     ids = [[50256] + enc.encode_ordinary(d) for d in docs]
     total = sum(len(x) for x in ids)
     written = prep.write_bins(docs, str(tmp_path), num_tokens=total, val_tokens=len(ids[0]),
-                              tokenizer=common.open_tokenizer(prep.ENCODING))
+                              tokenizer=tokenizer.open_tokenizer(prep.ENCODING))
     assert written == {"val": len(ids[0]), "train": total - len(ids[0])}
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16).tolist()
     assert train == ids[1] + ids[2] and train.count(50256) == 2
-    assert common.read_meta(str(tmp_path)) == {"vocab_size": 50257, "encoding": prep.ENCODING, "dtype": "uint16",
+    assert dataloader.read_meta(str(tmp_path)) == {"vocab_size": 50257, "encoding": prep.ENCODING, "dtype": "uint16",
                                                "tokens": {"val": len(ids[0]), "train": total - len(ids[0])}}
 
 
@@ -741,7 +744,7 @@ def make_char_data(folder, text="abcdefgh" * 300):
     n = int(0.9 * len(ids))
     ids[:n].tofile(os.path.join(folder, "train.bin"))
     ids[n:].tofile(os.path.join(folder, "val.bin"))
-    common.write_meta(str(folder), {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi})
+    dataloader.write_meta(str(folder), {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi})
     return str(folder)
 
 
@@ -798,7 +801,7 @@ def test_small_models_run_on_one_cpu_thread_unless_omp_num_threads_is_set(tmp_pa
         monkeypatch.delenv("OMP_NUM_THREADS")
         with torch.device("meta"):
             big = GPT(GPTConfig(vocab_size=50304, n_layer=1, n_head=4, n_embd=256))  # 13.7M parameters
-        assert not common.cpu_threads(big, "cpu") and torch.get_num_threads() == 2
+        assert not configurator.cpu_threads(big, "cpu") and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
 
@@ -1010,7 +1013,7 @@ def test_unknown_name_in_a_config_file(tmp_path):
 def test_missing_data_names_the_prepare_command(tmp_path, monkeypatch):
     (tmp_path / "data" / "shakespeare_char").mkdir(parents=True)
     (tmp_path / "data" / "shakespeare_char" / "prepare.py").write_text("")
-    monkeypatch.setattr(common, "DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setattr(dataloader, "DATA_ROOT", str(tmp_path / "data"))
     cfg = TrainConfig(out_dir=str(tmp_path / "out"), device="cpu", dataset="shakespeare_char")
     with pytest.raises(ConfigError, match="run first: python .*shakespeare_char.prepare\\.py"):
         train(cfg)
@@ -1057,7 +1060,7 @@ def test_sample_reads_a_prompt_file(tmp_path):
 
 def test_sample_from_a_local_gpt2_directory_decodes_bpe(tmp_path, monkeypatch):
     transformers = pytest.importorskip("transformers")
-    from common import gpt2_encoding
+    from tokenizer import gpt2_encoding
     cache = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "tiktoken_cache")
     if "TIKTOKEN_CACHE_DIR" not in os.environ and os.path.isdir(cache):
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", cache)  # the GPT-2 BPE offline, as "r50k_base"

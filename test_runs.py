@@ -14,10 +14,13 @@ import pytest
 import torch
 
 import analyze
-import common
+import configurator
+import dataloader
+import tokenizer
 import compare as compare_module
 import train as train_module
-from common import CheckpointError, ConfigError, load_config, load_model, read_checkpoint, read_jsonl
+from checkpoint import CheckpointError, load_model, read_checkpoint, read_jsonl
+from configurator import ConfigError, load_config
 from compare import CompareConfig, compare
 from eval import EvalConfig, evaluate
 from sample import SampleConfig, sample
@@ -279,7 +282,7 @@ def test_a_corrupt_or_foreign_checkpoint_is_one_clear_error(tmp_path):
 
 def test_a_pretrained_name_without_network_fails_at_once(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(common, "hub_reachable", lambda: False)
+    monkeypatch.setattr(tokenizer, "hub_reachable", lambda: False)
     with pytest.raises(ConfigError, match="teacher='gpt2-medium' needs the Hugging Face hub, which cannot be reached: "
                                           "connect, set HF_HUB_OFFLINE=1 if gpt2-medium is in the Hugging Face cache"):
         load_model("gpt2-medium", setting="teacher")
@@ -296,7 +299,7 @@ def test_a_pretrained_name_not_in_the_cache_offline(monkeypatch, tmp_path):
 
 def test_hub_reachable_is_one_quick_request(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
-    assert common.hub_reachable() is False
+    assert tokenizer.hub_reachable() is False
 
 
 def test_a_missing_tiktoken_file_offline_says_what_to_do(monkeypatch, tmp_path):
@@ -313,9 +316,9 @@ def test_a_missing_tiktoken_file_offline_says_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=f"tiktoken could not load the gpt2 or r50k_base BPE files \\(ConnectionError; "
                                           f"TIKTOKEN_CACHE_DIR: {tmp_path}\\): connect once to download them, or set "
                                           f"TIKTOKEN_CACHE_DIR to a folder holding them"):
-        common.get_tokenizer(None)
+        tokenizer.get_tokenizer(None)
     with pytest.raises(ConfigError, match="tiktoken has no encoding 'o300k'"):
-        common.get_tokenizer({"vocab_size": 10, "encoding": "o300k"})
+        tokenizer.get_tokenizer({"vocab_size": 10, "encoding": "o300k"})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -455,7 +458,7 @@ def test_every_script_explains_itself(script, lines):
 
 
 def test_help_lists_every_setting_with_its_comment():
-    help_text = common.settings_help(TrainConfig)
+    help_text = configurator.settings_help(TrainConfig)
     for name in (f.name for f in __import__("dataclasses").fields(TrainConfig)):
         assert f"  --{name}=" in help_text
     assert "  --dtype='bfloat16'                autocast dtype on CUDA" in help_text
@@ -479,7 +482,7 @@ def default_data_root(tmp_path, monkeypatch, prepare=None):
         shutil.copy(os.path.join(REPO, "data", "shakespeare_char", "prepare.py"), root / "shakespeare_char")
     else:
         (root / "shakespeare_char" / "prepare.py").write_text(prepare)
-    monkeypatch.setattr(common, "DATA_ROOT", str(root))
+    monkeypatch.setattr(dataloader, "DATA_ROOT", str(root))
     return root / "shakespeare_char"
 
 

@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-import common
-from common import ConfigError, find_data, find_model, load_model, read_checkpoint, read_meta, save_checkpoint, write_data
+import checkpoint
+import dataloader
+import tokenizer
+from checkpoint import find_model, load_model, read_checkpoint, save_checkpoint
+from configurator import ConfigError
+from dataloader import find_data, read_meta, write_data
 from test_model import make_char_data, tiny
 from train import train
 
@@ -116,7 +120,7 @@ def test_meta_json_round_trip_and_a_stale_meta_pkl_goes(tmp_path):
         written = json.load(f)
     assert written["itos"] == {str(i): c for i, c in enumerate("abcdefgh")}  # JSON's keys are strings ...
     assert read_meta(folder) == meta == {**CHAR_META, "dtype": "uint16", "tokens": {"val": 3, "train": 4}}  # ... read as ids
-    assert common.get_tokenizer(read_meta(folder))[1]([7, 0, 1]) == "hab"
+    assert tokenizer.get_tokenizer(read_meta(folder))[1]([7, 0, 1]) == "hab"
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
@@ -169,7 +173,7 @@ def test_meta_json_comes_before_a_meta_pkl(tmp_path):
 ])
 def test_meta_contents_are_checked_naming_file_field_and_value(tmp_path, change, message):
     folder = make_char_data(tmp_path / "d")
-    common.write_meta(folder, {**CHAR_META, **change})
+    dataloader.write_meta(folder, {**CHAR_META, **change})
     with pytest.raises(ConfigError) as e:
         find_data(folder, "", block_size=16)
     assert str(e.value) == f"{folder}/meta.json: {message}"
@@ -180,7 +184,7 @@ def test_meta_without_vocab_size_or_tokenizer_is_refused(tmp_path):
     for meta, message in (({"encoding": "gpt2"}, "has no vocab_size: not the metadata of a prepare.py; prepare the data again"),
                           ({"vocab_size": 8}, "names no tokenizer: it needs stoi and itos (characters), encoding (a tiktoken "
                                               "BPE) or tokenizer and vocab_hash (Hugging Face); prepare the data again")):
-        common.write_meta(folder, meta)
+        dataloader.write_meta(folder, meta)
         with pytest.raises(ConfigError) as e:
             find_data(folder, "", block_size=16)
         assert str(e.value) == f"{folder}/meta.json {message}"
@@ -217,7 +221,7 @@ def test_every_kind_of_checkpoint_train_writes_loads_and_resumes(tmp_path):
     hf_meta = {"vocab_size": 8, "tokenizer": "/models/some-tokenizer", "vocab_hash": "0123456789abcdef"}
     for name, meta in (("char", CHAR_META), ("hf", hf_meta)):
         data = make_char_data(tmp_path / name / "data")
-        common.write_meta(data, meta)
+        dataloader.write_meta(data, meta)
         cfg = tiny(tmp_path / name, data=data, max_iters=4, eval_interval=2)
         train(cfg)
         best, last = (read_checkpoint(str(tmp_path / name / "out" / f)) for f in ("best.pt", "ckpt.pt"))
@@ -230,7 +234,7 @@ def test_every_kind_of_checkpoint_train_writes_loads_and_resumes(tmp_path):
 
 
 def test_read_checkpoint_is_the_only_torch_load_and_remote_code_is_never_trusted():
-    """Every script loads checkpoints through common.read_checkpoint (weights_only=True, its refusals); no
+    """Every script loads checkpoints through checkpoint.read_checkpoint (weights_only=True, its refusals); no
     from_pretrained runs code shipped with a model."""
     loads, hf_loads = [], []
     for name in sorted(os.listdir(REPO)):
@@ -272,7 +276,7 @@ def test_a_model_that_ships_code_is_refused(tmp_path):
     assert find_model(plain, "teacher")[1].model_type == "llama"  # the same model without auto_map loads
     custom = hf_model_dir(tmp_path / "custom", marker, auto_map=AUTO_MAP)
     for setting, load in (("init_from", lambda: load_model(custom, "cpu")),
-                          ("teacher", lambda: common.load_teacher(custom, "cpu", None, 16))):
+                          ("teacher", lambda: checkpoint.load_teacher(custom, "cpu", None, 16))):
         with pytest.raises(ConfigError) as e:
             load()
         assert str(e.value) == (f"{setting}={custom!r} needs code shipped with it (config.json has auto_map for AutoConfig, "
@@ -292,13 +296,13 @@ def test_a_tokenizer_that_ships_code_is_refused(tmp_path):
     vocab = {"<eos>": 0, "a": 1, "b": 2}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<eos>"))
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(tmp_path)
-    assert common.open_tokenizer(str(tmp_path))[0]["vocab_size"] == 3  # as saved, it loads
+    assert tokenizer.open_tokenizer(str(tmp_path))[0]["vocab_size"] == 3  # as saved, it loads
     with open(tmp_path / "tokenizer_config.json") as f:
         config = json.load(f)
     with open(tmp_path / "tokenizer_config.json", "w") as f:
         json.dump({**config, "auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}}, f)
     with pytest.raises(ConfigError) as e:
-        common.hf_tokenizer(str(tmp_path))
+        tokenizer.hf_tokenizer(str(tmp_path))
     assert str(e.value) == (f"tokenizer={str(tmp_path)!r} needs code shipped with it (tokenizer_config.json has auto_map "
                             f"for AutoTokenizer), and such code is never run here: only models and tokenizers that "
                             f"transformers implements itself load")

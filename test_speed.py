@@ -12,8 +12,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
-from common import ConfigError
-from model import ATTN_VARIANTS, GPT, PEAK_FLOPS, peak_flops
+from configurator import ConfigError
+from bench import PEAK_FLOPS, peak_flops
+from model import ATTN_VARIANTS, GPT
 from test_model import make_char_data, make_model
 
 # every block setting that changes what reaches F.scaled_dot_product_attention

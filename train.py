@@ -35,7 +35,6 @@ checkpoints and metrics are. Ctrl-C or SIGTERM stops it with one line naming the
 import contextlib
 import dataclasses
 import datetime
-import inspect
 import json
 import math
 import os
@@ -45,20 +44,18 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import parallel
-from common import (CheckpointError, ConfigError, check_choice, check_device, check_types, cpu_threads,
-                    describe_tokenizers,
-                    find_data, hold_out_dir, load_config, load_teacher, prepare_default_data, read_checkpoint, read_jsonl,
-                    read_meta, read_tokens, save_checkpoint, tokenizer_of, vocab_of)
+from checkpoint import CheckpointError, hold_out_dir, read_checkpoint, read_jsonl, save_checkpoint
+from configurator import ConfigError, check_choice, check_device, check_types, cpu_threads, load_config
+from dataloader import EpochSampler, find_data, get_batch, prepare_default_data, read_meta, read_tokens, vocab_of
 from model import GPT, GPTConfig
+from tokenizer import describe_tokenizers, tokenizer_of
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "dropout", "bias", "qkv_bias", "pos",
                 "rope_theta", "rope_scaling", "norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "attn",
@@ -191,75 +188,6 @@ class TrainConfig:
             return GPTConfig(vocab_size=vocab_size, **{k: getattr(self, k) for k in MODEL_FIELDS})
         except ValueError as e:
             raise ConfigError(str(e)) from None
-
-
-class EpochSampler:
-    """The windows of block_size + 1 tokens that start at multiples of block_size (every token is an input
-    once; a window's last token, a target, is the next one's first), each once per epoch, as appendix B.1's
-    "1 epoch" means. Each epoch is a new permutation of all windows, seeded by (seed, epoch); rank r of
-    world takes every world-th window of it, so the ranks' parts are disjoint (the last windows % world of
-    an epoch's order are left out, so that every rank has as many). The state is (epoch, windows taken):
-    a resume continues exactly where the run was. The permutation holds 8 bytes per window while it is
-    made (74 MB for the paper's 9.2M windows; up to ~1e8 windows, 800 MB, is fine)."""
-
-    def __init__(self, n_tokens, block_size, seed, rank=0, world=1):
-        self.windows = (n_tokens - 1) // block_size
-        self.per_rank = self.windows // world
-        if self.per_rank == 0:
-            raise ConfigError(f"train.bin holds {self.windows} windows of block_size={block_size}, fewer than the "
-                              f"{world} ranks; sampling='epoch' needs more data or a smaller block_size")
-        self.block_size, self.seed, self.rank, self.world = block_size, seed, rank, world
-        self.epoch, self.taken = 0, 0
-        self._order = self._order_epoch = None
-
-    def order(self):
-        """This rank's windows of the current epoch, in their shuffled order."""
-        if self._order_epoch != self.epoch:
-            perm = np.random.default_rng((self.seed, self.epoch)).permutation(self.windows)
-            self._order, self._order_epoch = perm[self.rank::self.world][:self.per_rank].copy(), self.epoch
-        return self._order
-
-    def next_starts(self, n):
-        """The first token of each of the next n windows; a batch may finish one epoch and begin the next."""
-        parts = []
-        while n:
-            if self.taken == self.per_rank:
-                self.epoch, self.taken = self.epoch + 1, 0
-            k = min(n, self.per_rank - self.taken)
-            parts.append(self.order()[self.taken:self.taken + k])
-            self.taken, n = self.taken + k, n - k
-        return np.concatenate(parts) * self.block_size
-
-    def epochs_done(self):
-        """Epochs completed, as a fraction: 0.5 is half way through the first."""
-        return self.epoch + self.taken / self.per_rank
-
-    def get_state(self):
-        return {"epoch": self.epoch, "taken": self.taken, "windows": self.windows}
-
-    def set_state(self, state):
-        if state.get("windows") != self.windows:
-            raise ConfigError(f"the checkpoint's epochs are of {state.get('windows')} windows of train.bin, which now "
-                              f"has {self.windows}: the data changed; resume on the run's data")
-        self.epoch, self.taken = state["epoch"], state["taken"]
-
-
-def get_batch(data_dir, split, batch_size, block_size, sampler, device, meta=None):
-    """batch_size windows of block_size + 1 tokens, as inputs x and next-token targets y. sampler: a
-    torch.Generator draws random windows (with replacement), an EpochSampler the next ones of its epoch.
-    meta: the data's meta.json dict, which says how the ids are stored."""
-    # a new memmap every call, as in nanoGPT: one kept open grows the process's memory (a numpy quirk)
-    data = read_tokens(data_dir, split, meta)
-    if isinstance(sampler, EpochSampler):
-        ix = sampler.next_starts(batch_size)
-    else:
-        ix = torch.randint(len(data) - block_size, (batch_size,), generator=sampler).numpy()
-    xy = torch.from_numpy(data[ix[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    if device.startswith("cuda"):
-        xy = xy.pin_memory().to(device, non_blocking=True)  # the copy overlaps the work already queued
-    else:
-        xy = xy.to(device)
-    return xy[:, :-1], xy[:, 1:]
 
 
 def get_lr(cfg, it):
@@ -442,21 +370,9 @@ def train(cfg):
     master = int(os.environ.get("RANK", 0)) == 0
     # cleanup closes the progress bar on any error, before the error is printed
     with hold_out_dir(cfg.out_dir, cfg.init_from == "scratch", cfg.overwrite) if master else nullcontext(), \
-            contextlib.ExitStack() as cleanup, reported_interrupts(cfg.out_dir):
-        if not ddp:
-            return _train(cfg, cfg.device, ddp, cleanup)
-        device = cfg.device
-        if device.startswith("cuda"):
-            device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(device)
-        own_group = not dist.is_initialized()  # a caller's process group (several runs in one launch) is used as it is
-        if own_group:
-            dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-        try:
-            return _train(cfg, device, ddp, cleanup)
-        finally:
-            if own_group:
-                dist.destroy_process_group()
+            contextlib.ExitStack() as cleanup, reported_interrupts(cfg.out_dir), \
+            parallel.process_group(cfg.device) if ddp else nullcontext(cfg.device) as device:
+        return _train(cfg, device, ddp, cleanup)
 
 
 @contextlib.contextmanager
@@ -476,22 +392,102 @@ def reported_interrupts(out_dir):
 
 
 def _train(cfg, device, ddp, cleanup):
+    """The training loop: set up, then every eval_interval evaluate and checkpoint, every iteration one
+    optimizer step, every log_interval a metrics row."""
+    run = set_up(cfg, device, ddp)
+    start_iter = run.iter_num
+    run.t_start = run.t_row = time.time()
+    pbar = cleanup.enter_context(tqdm(total=cfg.max_iters, initial=run.iter_num, disable=not run.master,
+                                      dynamic_ncols=True))
+    while True:
+        if run.iter_num % cfg.eval_interval == 0 or run.iter_num == cfg.max_iters:
+            evaluate_and_checkpoint(run, pbar)
+        if run.iter_num >= cfg.max_iters:
+            break
+        lr, grad_norm, x = optimizer_step(run)
+        if run.iter_num % cfg.log_interval == 0:
+            log_step(run, lr, grad_norm, x, pbar)
+        run.iter_num += 1
+        pbar.update()
+    pbar.close()
+    return finish(run, start_iter)
+
+
+@dataclass
+class Run:
+    """What the steps of one training run share: set_up makes it, _train's loop moves it on."""
+    cfg: TrainConfig
+    device: str  # this rank's
+    ddp: bool  # one rank of a torchrun launch (DDP, or FSDP with cfg.fsdp)
+    rank: int
+    world: int
+    accum: int  # micro-steps per iteration on this rank
+    data_dir: str
+    meta: dict  # the data's meta.json; None: GPT-2 BPE data without one
+    sampler: object  # the training batches': a torch.Generator (random windows) or an EpochSampler
+    model: GPT  # the student (its shards under FSDP): the optimizer's parameters, checkpoints, statistics
+    compiled: torch.nn.Module  # model, compiled if cfg.compile: what evaluations run
+    runner: torch.nn.Module  # compiled, in DDP under DDP: what training steps run
+    teacher: torch.nn.Module  # None without one
+    optimizer: torch.optim.Optimizer
+    ctx: object  # bf16 autocast, or nullcontext (parallel.set_up)
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    # (iter, tensor of (loss, ce, kd, soft_ce)) since the last row, read in one go: no sync per iteration
+    pending: list = dataclasses.field(default_factory=list)
+    saved_iter: int = None  # the iteration of this run's last checkpoint
+    last_eval: dict = dataclasses.field(default_factory=lambda: {"train_loss": None, "val_loss": None})
+    # wall seconds outside the training steps, so the log says what training alone costs. Each timer starts
+    # after check_pending(), whose sync waits for the queued training work (CUDA) and counts as training.
+    spent: dict = dataclasses.field(default_factory=lambda: {"eval": 0.0, "log": 0.0})
+    t_start: float = 0.0
+    t_row: float = 0.0  # when the time of the next metrics row began
+    spent_at_row: float = 0.0  # sum(spent) then
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def fsdp(self):
+        return self.ddp and self.cfg.fsdp
+
+    @property
+    def vocab(self):
+        return vocab_of(self.meta)  # the tokenizer's; the model's may be padded
+
+    @property
+    def ckpt_path(self):
+        return os.path.join(self.cfg.out_dir, "ckpt.pt")
+
+    @property
+    def best_path(self):
+        return os.path.join(self.cfg.out_dir, "best.pt")
+
+    @property
+    def metrics_path(self):
+        return os.path.join(self.cfg.out_dir, "metrics.jsonl")
+
+
+# --------------------------------------------------------------------------------------------------
+# set-up: data, student, teacher, optimizer, and a resumed run's state
+
+
+def set_up(cfg, device, ddp):
+    """The Run, ready for its first iteration: the data found (the default dataset prepared on a first run),
+    the student built or read from ckpt.pt, placed, sharded and wrapped with its teacher (parallel.set_up),
+    its optimizer, a resumed run's state, and metrics.jsonl begun."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    master = rank == 0
-    device_type = device.split(":")[0]
     if cfg.gradient_accumulation_steps % world:
         raise ConfigError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} must be a "
                           f"multiple of the {world} DDP ranks")
-    accum = cfg.gradient_accumulation_steps // world
-    if master:
+    if rank == 0:
         prepare_default_data(cfg.dataset, cfg.data_dir)
     if ddp:
         dist.barrier()  # the other ranks wait for the data
     data_dir, meta = find_data(cfg.data_dir, cfg.dataset, cfg.block_size)
-    vocab = vocab_of(meta)  # the tokenizer's
     vocab_size = meta["vocab_size"] if meta is not None else 50304  # the model's: GPT-2's padded, as in nanoGPT
 
-    fsdp = ddp and cfg.fsdp
     # the same initial weights on every rank: FSDP shards each rank's own, it does not broadcast rank 0's as
     # DDP does (test_fsdp checks that the ranks start equal)
     torch.manual_seed(cfg.seed)
@@ -499,216 +495,223 @@ def _train(cfg, device, ddp, cleanup):
         sampler = EpochSampler(len(read_tokens(data_dir, "train", meta)), cfg.block_size, cfg.seed, rank, world)
     else:
         sampler = torch.Generator().manual_seed(cfg.seed + rank)  # training batches, a different stream per rank
-    iter_num, best_val_loss = 0, float("inf")
-    ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
-    if cfg.init_from == "resume":
-        if not os.path.isfile(ckpt_path):
-            hint = f"; {best_path} is there: copy it to {ckpt_path} to resume from its iteration"
-            raise ConfigError(f"init_from='resume' but there is no {ckpt_path}{hint if os.path.isfile(best_path) else ''}")
-        ckpt = read_checkpoint(ckpt_path)
-        check_resume(cfg, ckpt, ckpt_path, meta, vocab_size, data_dir)
-        if len(ckpt["rng"]) != world:
-            raise ConfigError(f"{ckpt_path} was written by {len(ckpt['rng'])} DDP ranks; resume it on as many, not {world}")
+    ckpt = read_resumed(cfg, meta, vocab_size, data_dir, world) if cfg.init_from == "resume" else None
+    if ckpt is not None:
         model = GPT(GPTConfig(**{**ckpt["model_args"], "fused": cfg.fused}))
         model.load_state_dict(ckpt["model"])
     else:
         model = GPT(cfg.gpt_config(vocab_size))
     if ddp:
         torch.manual_seed(cfg.seed + rank)  # a different dropout stream on every rank
-    if cfg.activation_checkpointing:
-        parallel.checkpoint_blocks(model)
-    model.to(device)
     one_thread = cpu_threads(model, device)
-    mp_policy = parallel.mixed_precision(device, cfg.dtype)
-    if fsdp:
-        parallel.shard(model, mp_policy)
-    teacher = None
-    if cfg.loss == "kd":
-        shard_teacher = ddp and cfg.teacher_fsdp
-        teacher = load_teacher(cfg.teacher, device, meta, cfg.block_size, cfg.compile and not shard_teacher)
-        if shard_teacher or fsdp:
-            teacher = parallel.prepare_teacher(teacher, shard_teacher, mp_policy, cfg.compile)
-
+    teacher, compiled, runner, ctx = parallel.set_up(model, cfg, device, ddp, meta)
     # after sharding: FSDP's optimizer holds the shards
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
-    if cfg.init_from == "resume":
-        parallel.load_optimizer_state(model, optimizer, ckpt["optimizer"])
-        rng = ckpt["rng"][rank]
-        sampler.set_state(rng["sampler"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and device_type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"])
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-        resumed_pending = ckpt.get("pending", [])
-        del ckpt
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    use_bf16 = device_type == "cuda" and cfg.dtype == "bfloat16"
-    if use_bf16 and not torch.cuda.is_bf16_supported():
-        raise ConfigError("dtype='bfloat16' but this GPU has no bfloat16; allowed here: float32")
-    # under FSDP its mixed precision policy casts instead (parallel.mixed_precision)
-    ctx = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 and not fsdp else nullcontext()
-    compiled = torch.compile(model) if cfg.compile else model
-    # alpha_ma (Eq. 9) moves once per optimizer step, by the mean of alpha over the step's whole batch, all
-    # micro-steps and ranks (model.update_alpha_ma). The ranks stay equal without DDP's broadcast of rank 0's
-    # buffers before every forward, which is off: it would overwrite the other ranks' gathered means of alpha.
-    # torch 2.13 calls that setting forward_sync_buffers (and warns about broadcast_buffers, its old name,
-    # which also skipped the sync at set-up, where every rank's buffers are equal anyway).
-    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else "broadcast_buffers"
-    runner = DDP(compiled, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None,
-                 **{no_sync: False}) if ddp and not fsdp else compiled
+    run = Run(cfg, device, ddp, rank, world, cfg.gradient_accumulation_steps // world, data_dir, meta, sampler,
+              model, compiled, runner, teacher, optimizer, ctx)
+    if ckpt is not None:
+        resume_state(run, ckpt)
+    if run.master:
+        begin_metrics(run, one_thread)
+    return run
 
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    if master:
-        rows = []
-        if cfg.init_from == "resume" and os.path.isfile(metrics_path):
-            # what the interrupted run logged after its checkpoint is logged again, as an uninterrupted run would
-            rows = [row for row in read_jsonl(metrics_path) if row["iter"] < iter_num]
-        else:
-            for path in (ckpt_path, best_path):  # a fresh run (overwrite=True): nothing of the old one stays
-                if os.path.exists(path):
-                    os.remove(path)
-        with open(metrics_path + ".tmp", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
-        os.replace(metrics_path + ".tmp", metrics_path)
-        print(f"{model.get_num_params() / 1e6:.2f}M parameters, {accum * world * cfg.batch_size * cfg.block_size:,} "
-              f"tokens per iteration ({accum} micro-steps x {world} ranks x {cfg.batch_size} x {cfg.block_size})")
-        if one_thread:
-            print("cpu: one thread for this small model (set OMP_NUM_THREADS to choose)")
 
-    def log(row):
-        if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+def read_resumed(cfg, meta, vocab_size, data_dir, world):
+    """The checkpoint init_from="resume" continues, out_dir/ckpt.pt, once it is known to be this run's."""
+    ckpt_path, best_path = os.path.join(cfg.out_dir, "ckpt.pt"), os.path.join(cfg.out_dir, "best.pt")
+    if not os.path.isfile(ckpt_path):
+        hint = f"; {best_path} is there: copy it to {ckpt_path} to resume from its iteration"
+        raise ConfigError(f"init_from='resume' but there is no {ckpt_path}{hint if os.path.isfile(best_path) else ''}")
+    ckpt = read_checkpoint(ckpt_path)
+    check_resume(cfg, ckpt, ckpt_path, meta, vocab_size, data_dir)
+    if len(ckpt["rng"]) != world:
+        raise ConfigError(f"{ckpt_path} was written by {len(ckpt['rng'])} DDP ranks; resume it on as many, not {world}")
+    return ckpt
 
-    pending = []  # (iter, (loss, ce, kd, soft_ce)) since the last row, read in one go: no sync per iteration
-    if cfg.init_from == "resume":  # the checkpoint's, so the first row after it averages what it would have
-        pending = [(it, torch.tensor(values, device=device)) for it, values in resumed_pending]
 
-    def check_pending():
-        """The pending losses, as floats averaged over ranks; stops on a non-finite one, on every rank."""
-        values = torch.stack([v for _, v in pending])
-        if ddp:
-            dist.all_reduce(values)  # a NaN anywhere reaches every rank, so all of them stop together
-            values /= world
-        values = values.tolist()
-        for (it, _), (loss, *_) in zip(pending, values):
-            if not math.isfinite(loss):
-                stop("loss", loss, it)
-        return values
+def resume_state(run, ckpt):
+    """The resumed run continues as if never stopped: AdamW's state, this rank's random states (batches,
+    dropout), the iteration, the best val loss and the losses logged in no row yet."""
+    parallel.load_optimizer_state(run.model, run.optimizer, ckpt["optimizer"])
+    rng = ckpt["rng"][run.rank]
+    run.sampler.set_state(rng["sampler"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and run.device.startswith("cuda"):
+        torch.cuda.set_rng_state(rng["cuda"])
+    run.iter_num, run.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+    # the checkpoint's pending losses, so the first row after it averages what it would have
+    run.pending = [(it, torch.tensor(values, device=run.device)) for it, values in ckpt.get("pending", [])]
 
-    saved_iter = None
 
-    def stop(what, value, it):
-        kept = f"{ckpt_path} is the last good checkpoint (iter {saved_iter})" if saved_iter is not None \
-            else "no checkpoint was written in this run"
-        raise NonFiniteLoss(f"non-finite {what} {value} at iter {it}; stopped, {kept}")
+def begin_metrics(run, one_thread):
+    """Rank 0: metrics.jsonl as the run starts it (what a resumed run logged after its checkpoint is
+    logged again, as an uninterrupted run would), and the size of the run."""
+    cfg, rows = run.cfg, []
+    if cfg.init_from == "resume" and os.path.isfile(run.metrics_path):
+        rows = [row for row in read_jsonl(run.metrics_path) if row["iter"] < run.iter_num]
+    else:
+        for path in (run.ckpt_path, run.best_path):  # a fresh run (overwrite=True): nothing of the old one stays
+            if os.path.exists(path):
+                os.remove(path)
+    with open(run.metrics_path + ".tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(run.metrics_path + ".tmp", run.metrics_path)
+    print(f"{run.model.get_num_params() / 1e6:.2f}M parameters, "
+          f"{run.accum * run.world * cfg.batch_size * cfg.block_size:,} tokens per iteration "
+          f"({run.accum} micro-steps x {run.world} ranks x {cfg.batch_size} x {cfg.block_size})")
+    if one_thread:
+        print("cpu: one thread for this small model (set OMP_NUM_THREADS to choose)")
 
-    last_eval = {"train_loss": None, "val_loss": None}
-    # wall seconds outside the training steps, so the log says what training alone costs. Each timer starts
-    # after check_pending(), whose sync waits for the queued training work (CUDA) and counts as training.
-    spent = {"eval": 0.0, "log": 0.0}
-    start_iter, t_start = iter_num, time.time()
-    t_row, spent_at_row = t_start, 0.0
-    pbar = cleanup.enter_context(tqdm(total=cfg.max_iters, initial=iter_num, disable=not master, dynamic_ncols=True))
-    while True:
-        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            # never save a checkpoint after a non-finite loss
-            pending_values = [(it, v) for (it, _), v in zip(pending, check_pending())] if pending else []
-            t_eval = time.time()
-            # under FSDP every rank takes part in every forward (the gathers are collective): all evaluate
-            losses = [estimate_loss(compiled, cfg, data_dir, device, ctx) if master or fsdp else None]
-            if ddp:
-                dist.broadcast_object_list(losses, src=0)  # every rank takes the same decisions below
-            losses = losses[0]
-            if not math.isfinite(losses["val"] + losses["train"]):
-                stop("evaluation loss", losses["val"] + losses["train"], iter_num)
-            last_eval = {"train_loss": losses["train"], "val_loss": losses["val"]}
-            ppl = math.exp(losses["val"]) if losses["val"] < 700 else float("inf")  # exp overflows past 709
-            log({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
-                 "time_s": t_eval - t_start, "eval_s": time.time() - t_eval})
-            if master:
-                pbar.write(f"iter {iter_num}: train CE {losses['train']:.4f}, val CE {losses['val']:.4f}, val ppl {ppl:.2f}")
-            best = losses["val"] < best_val_loss
-            best_val_loss = min(best_val_loss, losses["val"])
-            if best or cfg.always_save_checkpoint or iter_num == cfg.max_iters:
-                rng = rng_states(sampler, device_type, ddp)
-                model_state, optimizer_state = parallel.full_state(model, optimizer)  # under FSDP: on rank 0
-                if master:
-                    # val_loss is these weights' own; best_val_loss the run's lowest so far, for a resume
-                    ckpt = {"model": model_state, "optimizer": optimizer_state,
-                            "model_args": dataclasses.asdict(model.config), "config": dataclasses.asdict(cfg),
-                            "iter_num": iter_num, "val_loss": losses["val"], "best_val_loss": best_val_loss,
-                            "meta": meta, "rng": rng, "pending": pending_values}
-                    # best.pt first: stopped between the two, ckpt.pt is the earlier one, whose best_val_loss
-                    # makes the resumed run write this best.pt again when it gets here
-                    if best:
-                        save_checkpoint(ckpt, best_path)
-                    save_checkpoint(ckpt, ckpt_path)
-                saved_iter = iter_num
-            spent["eval"] += time.time() - t_eval  # checkpoints included
-        if iter_num >= cfg.max_iters:
-            break
 
-        lr = get_lr(cfg, iter_num)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total = torch.zeros(4, device=device)
-        for micro_step in range(accum):
-            x, y = get_batch(data_dir, "train", cfg.batch_size, cfg.block_size, sampler, device, meta)
-            # DDP all-reduces on the last micro-step only. FSDP reduce-scatters after every micro-step (its
-            # default): skipping that would keep an unsharded fp32 gradient of the whole model on every rank
-            # (4 B/param, 13 GB at 3B), and the reduce-scatter overlaps with the backward of the next layers.
-            if ddp and not fsdp:
-                runner.require_backward_grad_sync = micro_step == accum - 1
-            with ctx:
-                loss, ce, kd, soft_ce = forward_loss(runner, teacher, x, y, cfg, vocab)
-            (loss / accum).backward()  # the iteration's loss: the mean of its micro-steps' (see forward_loss)
-            total += torch.stack([loss, ce, kd, soft_ce]).detach().float() / accum
-        grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update_alpha_ma(ddp)
-        pending.append((iter_num, total))
+# --------------------------------------------------------------------------------------------------
+# the steps of the loop
 
-        if iter_num % cfg.log_interval == 0:
-            values = check_pending()
-            t_log = time.time()
-            train_s = t_log - t_row - (sum(spent.values()) - spent_at_row)
-            mean = [sum(v) / len(values) for v in zip(*values)]
-            row = {"iter": iter_num, "lr": lr, "loss": mean[0], "ce": mean[1]}
-            if teacher is not None:
-                row["kd"] = mean[2]
-                if not cfg.kd_reverse:
-                    row["soft_ce"] = mean[3]
-            if cfg.sampling == "epoch":
-                row["epoch"] = sampler.epochs_done()
-            row.update(grad_norm=grad_norm.item(), dt_ms=1e3 * train_s / len(values),
-                       tokens_per_s=len(values) * accum * world * cfg.batch_size * cfg.block_size / train_s)
-            if (master or fsdp) and iter_num % cfg.stats_interval < cfg.log_interval:  # FSDP: a forward on all ranks
-                with ctx, parallel.root_gathered(model):
-                    row.update(attention_stats(model, x))
-            log(row)
-            # each loss by its name: when distilling, the loss minimised is (mostly) kd, and ce is what evaluations print
-            shown = {"kd": f"{mean[2]:.4f}"} if teacher is not None else {}
-            shown.update(ce=f"{mean[1]:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
-            pbar.set_postfix(shown, refresh=False)  # a dict keeps this order (keywords would be sorted)
-            pending.clear()
-            spent["log"] += time.time() - t_log
-            t_row, spent_at_row = time.time(), sum(spent.values())
-        iter_num += 1
-        pbar.update()
-    pbar.close()
-    elapsed = time.time() - t_start
-    if master and iter_num > start_iter:
-        total, ev, lg = (1e3 * t / (iter_num - start_iter) for t in (elapsed, spent["eval"], spent["log"]))
-        print(f"{iter_num - start_iter} iters in {datetime.timedelta(seconds=round(elapsed))} (h:mm:ss), {total:.1f} ms/iter: "
+
+def evaluate_and_checkpoint(run, pbar):
+    """estimate_loss on both splits, logged and printed, then the checkpoints: best.pt when the val loss
+    improves, ckpt.pt then, at every evaluation with always_save_checkpoint, and after the last iter. Every
+    rank takes the same decisions; never after a non-finite loss."""
+    cfg = run.cfg
+    # never save a checkpoint after a non-finite loss
+    pending_values = [(it, v) for (it, _), v in zip(run.pending, check_pending(run))] if run.pending else []
+    t_eval = time.time()
+    # under FSDP every rank takes part in every forward (the gathers are collective): all evaluate
+    losses = [estimate_loss(run.compiled, cfg, run.data_dir, run.device, run.ctx) if run.master or run.fsdp else None]
+    if run.ddp:
+        dist.broadcast_object_list(losses, src=0)  # every rank takes the same decisions below
+    losses = losses[0]
+    if not math.isfinite(losses["val"] + losses["train"]):
+        stop(run, "evaluation loss", losses["val"] + losses["train"], run.iter_num)
+    run.last_eval = {"train_loss": losses["train"], "val_loss": losses["val"]}
+    ppl = math.exp(losses["val"]) if losses["val"] < 700 else float("inf")  # exp overflows past 709
+    write_row(run, {"iter": run.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "val_ppl": ppl,
+                    "time_s": t_eval - run.t_start, "eval_s": time.time() - t_eval})
+    if run.master:
+        pbar.write(f"iter {run.iter_num}: train CE {losses['train']:.4f}, val CE {losses['val']:.4f}, val ppl {ppl:.2f}")
+    best = losses["val"] < run.best_val_loss
+    run.best_val_loss = min(run.best_val_loss, losses["val"])
+    if best or cfg.always_save_checkpoint or run.iter_num == cfg.max_iters:
+        write_checkpoints(run, losses["val"], best, pending_values)
+    run.spent["eval"] += time.time() - t_eval  # checkpoints included
+
+
+def write_checkpoints(run, val_loss, best, pending_values):
+    """ckpt.pt, and best.pt if best, of the run as it is now (under FSDP gathered by all ranks, written by rank 0)."""
+    rng = rng_states(run.sampler, run.device.split(":")[0], run.ddp)
+    model_state, optimizer_state = parallel.full_state(run.model, run.optimizer)  # under FSDP: on rank 0
+    if run.master:
+        # val_loss is these weights' own; best_val_loss the run's lowest so far, for a resume
+        ckpt = {"model": model_state, "optimizer": optimizer_state,
+                "model_args": dataclasses.asdict(run.model.config), "config": dataclasses.asdict(run.cfg),
+                "iter_num": run.iter_num, "val_loss": val_loss, "best_val_loss": run.best_val_loss,
+                "meta": run.meta, "rng": rng, "pending": pending_values}
+        # best.pt first: stopped between the two, ckpt.pt is the earlier one, whose best_val_loss
+        # makes the resumed run write this best.pt again when it gets here
+        if best:
+            save_checkpoint(ckpt, run.best_path)
+        save_checkpoint(ckpt, run.ckpt_path)
+    run.saved_iter = run.iter_num
+
+
+def optimizer_step(run):
+    """One iteration: accum micro-steps of forward and backward, gradient clipping, AdamW's step and Eq. 9's
+    alpha_ma update; its losses join run.pending. Returns (lr, grad_norm, the last micro-batch's inputs)."""
+    cfg = run.cfg
+    lr = get_lr(cfg, run.iter_num)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    total = torch.zeros(4, device=run.device)
+    for micro_step in range(run.accum):
+        x, y = get_batch(run.data_dir, "train", cfg.batch_size, cfg.block_size, run.sampler, run.device, run.meta)
+        # DDP all-reduces on the last micro-step only. FSDP reduce-scatters after every micro-step (its
+        # default): skipping that would keep an unsharded fp32 gradient of the whole model on every rank
+        # (4 B/param, 13 GB at 3B), and the reduce-scatter overlaps with the backward of the next layers.
+        if run.ddp and not run.fsdp:
+            run.runner.require_backward_grad_sync = micro_step == run.accum - 1
+        with run.ctx:
+            loss, ce, kd, soft_ce = forward_loss(run.runner, run.teacher, x, y, cfg, run.vocab)
+        (loss / run.accum).backward()  # the iteration's loss: the mean of its micro-steps' (see forward_loss)
+        total += torch.stack([loss, ce, kd, soft_ce]).detach().float() / run.accum
+    grad_norm = parallel.full_norm(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip or float("inf")))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.model.update_alpha_ma(run.ddp)
+    run.pending.append((run.iter_num, total))
+    return lr, grad_norm, x
+
+
+def log_step(run, lr, grad_norm, x, pbar):
+    """The metrics row of the iterations since the previous one, and their losses on the progress bar."""
+    values = check_pending(run)
+    t_log = time.time()
+    train_s = t_log - run.t_row - (sum(run.spent.values()) - run.spent_at_row)
+    row = metrics_row(run, lr, grad_norm, values, train_s)
+    if (run.master or run.fsdp) and run.iter_num % run.cfg.stats_interval < run.cfg.log_interval:
+        with run.ctx, parallel.root_gathered(run.model):  # FSDP: a forward on all ranks
+            row.update(attention_stats(run.model, x))
+    write_row(run, row)
+    # each loss by its name: when distilling, the loss minimised is (mostly) kd, and ce is what evaluations print
+    shown = {"kd": f"{row['kd']:.4f}"} if run.teacher is not None else {}
+    shown.update(ce=f"{row['ce']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+    pbar.set_postfix(shown, refresh=False)  # a dict keeps this order (keywords would be sorted)
+    run.pending.clear()
+    run.spent["log"] += time.time() - t_log
+    run.t_row, run.spent_at_row = time.time(), sum(run.spent.values())
+
+
+def metrics_row(run, lr, grad_norm, values, train_s):
+    """The log row: the means of the pending iterations' losses, and the speed of training alone (train_s)."""
+    cfg = run.cfg
+    mean = [sum(v) / len(values) for v in zip(*values)]
+    row = {"iter": run.iter_num, "lr": lr, "loss": mean[0], "ce": mean[1]}
+    if run.teacher is not None:
+        row["kd"] = mean[2]
+        if not cfg.kd_reverse:
+            row["soft_ce"] = mean[3]
+    if cfg.sampling == "epoch":
+        row["epoch"] = run.sampler.epochs_done()
+    row.update(grad_norm=grad_norm.item(), dt_ms=1e3 * train_s / len(values),
+               tokens_per_s=len(values) * run.accum * run.world * cfg.batch_size * cfg.block_size / train_s)
+    return row
+
+
+def write_row(run, row):
+    if run.master:
+        with open(run.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def check_pending(run):
+    """The pending losses, as floats averaged over ranks; stops on a non-finite one, on every rank."""
+    values = torch.stack([v for _, v in run.pending])
+    if run.ddp:
+        dist.all_reduce(values)  # a NaN anywhere reaches every rank, so all of them stop together
+        values /= run.world
+    values = values.tolist()
+    for (it, _), (loss, *_) in zip(run.pending, values):
+        if not math.isfinite(loss):
+            stop(run, "loss", loss, it)
+    return values
+
+
+def stop(run, what, value, it):
+    kept = f"{run.ckpt_path} is the last good checkpoint (iter {run.saved_iter})" if run.saved_iter is not None \
+        else "no checkpoint was written in this run"
+    raise NonFiniteLoss(f"non-finite {what} {value} at iter {it}; stopped, {kept}")
+
+
+def finish(run, start_iter):
+    """Says how long the run took, where the time went and where its files are; returns train's result."""
+    elapsed = time.time() - run.t_start
+    if run.master and run.iter_num > start_iter:
+        n = run.iter_num - start_iter
+        total, ev, lg = (1e3 * t / n for t in (elapsed, run.spent["eval"], run.spent["log"]))
+        print(f"{n} iters in {datetime.timedelta(seconds=round(elapsed))} (h:mm:ss), {total:.1f} ms/iter: "
               f"{total - ev - lg:.1f} train, {ev:.1f} eval (with checkpoints), {lg:.1f} logging")
-        best_kept = f", {best_path} (the lowest val CE, {best_val_loss:.4f})" if os.path.exists(best_path) else ""
-        print(f"checkpoints: {ckpt_path} (iter {saved_iter}){best_kept}; metrics: {metrics_path}")
-    return {"iter_num": iter_num, **last_eval, "best_val_loss": best_val_loss,
-            "elapsed_s": elapsed, **{f"{k}_s": v for k, v in spent.items()}, "out_dir": cfg.out_dir}
+        best_kept = f", {run.best_path} (the lowest val CE, {run.best_val_loss:.4f})" if os.path.exists(run.best_path) else ""
+        print(f"checkpoints: {run.ckpt_path} (iter {run.saved_iter}){best_kept}; metrics: {run.metrics_path}")
+    return {"iter_num": run.iter_num, **run.last_eval, "best_val_loss": run.best_val_loss,
+            "elapsed_s": elapsed, **{f"{k}_s": v for k, v in run.spent.items()}, "out_dir": run.cfg.out_dir}
 
 
 def terminated(signum, frame):

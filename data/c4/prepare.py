@@ -15,8 +15,10 @@ import sys
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, encode_docs, hub_offline, hub_reachable, load_config, open_tokenizer, write_data
+sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # the shared modules, at the repo root
+from configurator import ConfigError, load_config
+from dataloader import encode_docs, write_data
+from tokenizer import hub_offline, hub_reachable, open_tokenizer
 
 SHARD = "en/c4-validation.00000-of-00008.json.gz"
 

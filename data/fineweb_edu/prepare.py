@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, check_types, encode_docs, hub_offline, hub_reachable, load_config, open_tokenizer, write_data
+sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # the shared modules, at the repo root
+from configurator import ConfigError, check_types, load_config
+from dataloader import encode_docs, write_data
+from tokenizer import hub_offline, hub_reachable, open_tokenizer
 
 # "r50k_base" is tiktoken's other name for the GPT-2 BPE: same ranks, same token ids as "gpt2",
 # and it loads from a cached ranks file without network (TIKTOKEN_CACHE_DIR)

@@ -15,8 +15,10 @@ import sys
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # so it runs from the repo root or from this folder
-sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, load_config, open_tokenizer, read_text, write_data
+sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # the shared modules, at the repo root
+from configurator import ConfigError, load_config
+from dataloader import read_text, write_data
+from tokenizer import open_tokenizer
 
 DEFAULT_INPUT = os.path.join(HERE, "input.txt")
 # "r50k_base" is tiktoken's other name for the GPT-2 BPE: same ranks, same token ids as "gpt2".

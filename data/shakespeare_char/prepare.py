@@ -11,8 +11,9 @@ import sys
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # so it runs from the repo root or from this folder
-sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # common.py, at the repo root
-from common import ConfigError, load_config, read_text, write_data
+sys.path.insert(0, os.path.join(HERE, os.pardir, os.pardir))  # the shared modules, at the repo root
+from configurator import ConfigError, load_config
+from dataloader import read_text, write_data
 
 DEFAULT_INPUT = os.path.join(HERE, os.pardir, "shakespeare", "input.txt")
 
