@@ -399,7 +399,7 @@ def sweep_markdown(sweep, seeds, figure):
         return f"{c['val_loss']:.4f}" + (f" +- {c['val_loss_std']:.4f}" if seeds > 1 else "")
     lrs = sweep["learning_rates"]
     lines = ["", "## Final loss against learning rate", "",
-             f"val CE of the final evaluation" + (" (mean +- std over seeds)" if seeds > 1 else "") + " at each peak "
+             "val CE of the final evaluation" + (" (mean +- std over seeds)" if seeds > 1 else "") + " at each peak "
              f"learning rate, or the iteration at which the loss stopped being finite. Figure: {figure}.", "",
              "| variant |" + "".join(f" lr = {number(lr)} |" for lr in lrs), "|---|" + "---:|" * len(lrs)]
     lines += [f"| {r['variant']} |" + "".join(f" {cell(c)} |" for c in r["cells"]) for r in sweep["rows"]]

@@ -294,7 +294,7 @@ def run_tasks(lm, tm, cfg):
                                           limit=cfg.limit or None, batch_size=cfg.batch_size, log_samples=False)
     except ConnectionError as e:  # the datasets library offline, or no network, without the data in its cache
         raise ConfigError(f"a task's dataset is not reachable ({str(e).splitlines()[0]}); with network run `python "
-                          f"eval.py --export_tasks=DIR`, then evaluate offline with --include_path=DIR (README: Evaluate offline)") from None
+                          f"eval.py --export_tasks=DIR`, then evaluate offline with --include_path=DIR (docs/evaluation.md: Evaluate offline)") from None
     return {task: {k.split(",")[0]: v for k, v in metrics.items() if k != "alias"}
             for task, metrics in results["results"].items()}
 

@@ -181,4 +181,6 @@ def load_hf_teacher(name, device):
         if not torch.allclose(teacher(probe).float(), hf(probe).logits.float(), rtol=1e-3, atol=1e-3):
             raise ConfigError(f"teacher {name!r} computes its logits otherwise than lm_head(last hidden state); "
                               f"the KD loss here cannot use it")
+    n_params = sum(p.numel() for p in hf.parameters())
+    print(f"teacher: loaded the pretrained {name} ({n_params / 1e6:.1f}M parameters, {str(dtype).removeprefix('torch.')})")
     return teacher

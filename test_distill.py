@@ -280,11 +280,14 @@ def test_hf_teacher_logits_equal_transformers(teacher_dir, bpe_data):
     assert torch.equal(teacher.lm_head(hidden), logits)
 
 
-def test_kd_from_a_hugging_face_teacher_lowers_the_loss(teacher_dir, bpe_data, tmp_path):
+def test_kd_from_a_hugging_face_teacher_lowers_the_loss(teacher_dir, bpe_data, tmp_path, capsys):
     """A LLaMA-style affine student, the paper's setting: pure KD from the Hugging Face teacher."""
     student = dict(attn="affine", pos="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1)
     result = train(tiny(tmp_path, bpe_data, loss="kd", teacher=teacher_dir, kd_alpha=1.0, loss_chunk=100, max_iters=20,
                         log_interval=5, **student))
+    hf = pytest.importorskip("transformers").AutoModelForCausalLM.from_pretrained(teacher_dir)
+    n_params = sum(p.numel() for p in hf.parameters())
+    assert f"teacher: loaded the pretrained {teacher_dir} ({n_params / 1e6:.1f}M parameters, float32)\n" in capsys.readouterr().out
     steps, _ = read_metrics(result["out_dir"])
     kd = [r["kd"] for r in steps]  # measured: 3.05, 2.82, 2.66, 2.64
     assert kd == sorted(kd, reverse=True) and kd[-1] < 0.9 * kd[0] and steps[0]["loss"] == pytest.approx(kd[0])

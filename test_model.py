@@ -210,7 +210,6 @@ def test_affine_hand_example(fused, affine_n):
 def test_sigmoid_phi_is_eq10():
     """Table 3's ablation: alpha = sigmoid(W_a X) instead of linear clipping, the same in both paths."""
     model = make_model("affine", phi="sigmoid").eval()
-    x = torch.randn(2, 5, 16)
     a = model.transformer.h[0].attn
     maps = model.attention_maps(batch()[0])
     h = model.transformer.h[0].ln_1(model.transformer.wte(batch()[0]) + model.transformer.wpe(torch.arange(16)))

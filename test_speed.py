@@ -1,7 +1,6 @@
 """Speed: the fused paths stay on the flash kernels, the fused optimizer, the MFU's FLOP count, memory
 measured on CPU, and bench.py's time-to-loss comparison. No test here asserts a time."""
 
-import math
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import bench
 from configurator import ConfigError
 from bench import PEAK_FLOPS, peak_flops
-from model import ATTN_VARIANTS, GPT
+from model import ATTN_VARIANTS
 from test_model import make_char_data, make_model
 
 # every block setting that changes what reaches F.scaled_dot_product_attention
