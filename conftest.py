@@ -6,3 +6,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# the tests' models are tiny: one thread each is as fast, and far faster on a busy machine (read by torch when
+# it is imported, and by the scripts the tests run)
+os.environ.setdefault("OMP_NUM_THREADS", "1")

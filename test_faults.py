@@ -115,8 +115,11 @@ def test_ctrl_c_and_sigterm_stop_in_one_line_after_the_bar(tmp_path, signum, nam
                       "n_layer, n_head, n_embd, block_size, batch_size = 1, 2, 16, 16, 2\n"
                       "max_iters = lr_decay_iters = 10**6\nwarmup_iters, eval_interval, eval_iters = 0, 20, 1\n")
     ckpt = tmp_path / "out" / "ckpt.pt"
+    # a shell starts its background jobs with Ctrl-C ignored, and python keeps an inherited SIG_IGN: give the
+    # run SIGINT's default, as a terminal would, whatever launched the tests
     run = subprocess.Popen([sys.executable, "train.py", str(config)], cwd=REPO, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while not ckpt.exists() and run.poll() is None:
         time.sleep(0.2)
     run.send_signal(signum)
