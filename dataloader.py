@@ -232,16 +232,18 @@ def prepare_default_data(dataset, data_dir):
 # preparing data: the data/*/prepare.py scripts
 
 
-def read_text(path):
-    """The text of a UTF-8 file to prepare; a missing or binary file is one line naming it."""
+def read_text(path, setting="input", given=None):
+    """The text of a UTF-8 file (to prepare, or a prompt); a missing or binary file is one line naming the
+    setting and the value given for it (path, unless given says otherwise)."""
+    given = path if given is None else given
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except UnicodeDecodeError as e:
-        raise ConfigError(f"input={path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+        raise ConfigError(f"{setting}={given!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
                           f"give a text file") from None
     except OSError as e:
-        raise ConfigError(f"input={path!r} cannot be read ({e.strerror})") from None
+        raise ConfigError(f"{setting}={given!r} cannot be read ({e.strerror})") from None
 
 
 def encode_docs(docs, encode_batch, separator, batch_size=256):

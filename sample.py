@@ -16,6 +16,7 @@ import torch
 
 from checkpoint import load_model
 from configurator import ConfigError, check_types, cpu_threads, load_config
+from dataloader import read_text
 from tokenizer import get_tokenizer
 
 
@@ -47,12 +48,7 @@ def sample(cfg):
     if start.startswith("FILE:"):
         if not os.path.isfile(start[len("FILE:"):]):
             raise ConfigError(f"start={start!r}: there is no file {start[len('FILE:'):]!r}")
-        try:
-            with open(start[len("FILE:"):], encoding="utf-8") as f:
-                start = f.read()
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"start={start!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
-                              f"give a text file") from None
+        start = read_text(start[len("FILE:"):], "start", start)
     model, meta, _ = load_model(cfg.init_from, cfg.device)
     cpu_threads(model, cfg.device)
     encode, decode = get_tokenizer(meta)
